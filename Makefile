@@ -1,0 +1,64 @@
+# One target per habit. `make run` runs the main job on the local profile; `make test` the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+TRAIN_VENV := .venv-train
+export PYTHONPATH := $(CURDIR)
+export NO_PROXY := 127.0.0.1,localhost
+export no_proxy := 127.0.0.1,localhost
+
+.PHONY: run test lint typecheck unit ui up down settings bench services clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+$(TRAIN_VENV)/.installed: requirements-train.txt
+	test -x $(TRAIN_VENV)/bin/python || $(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install -q --upgrade pip
+	$(TRAIN_VENV)/bin/pip install -q -r requirements-train.txt
+	touch $@
+
+install: $(VENV)/.installed $(TRAIN_VENV)/.installed
+
+run: install
+	$(VENV)/bin/python -m include.mlops.run_local
+
+up: $(VENV)/.installed
+	$(VENV)/bin/python -m include.mlops.stack up
+
+ui: $(VENV)/.installed
+	$(VENV)/bin/python -m include.mlops.stack init
+	$(VENV)/bin/python -m include.mlops.stack ui
+
+down:
+	-$(VENV)/bin/python -m include.mlops.stack down
+
+settings: $(VENV)/.installed
+	$(VENV)/bin/python -m include.mlops.stack init
+
+# Docker engine, local registry and the offline base image (root + apt; skipped with a reason otherwise).
+services:
+	bash docker/start_engine.sh || echo "docker engine not available: image build tests will be skipped"
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed-dev
+	$(VENV)/bin/mypy
+
+test: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed services lint typecheck
+	$(VENV)/bin/pytest -q
+
+bench: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed
+	for b in bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+clean: down
+	rm -rf .local

@@ -1,0 +1,117 @@
+"""Retrain the fraud model: validate_data -> route -> train -> evaluate -> register -> publish_challenger."""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+from include.mlops.assets import MODEL_CHALLENGER_READY, TRANSACTIONS_LANDING
+
+LANDING = Asset(TRANSACTIONS_LANDING)
+CHALLENGER_READY = Asset(MODEL_CHALLENGER_READY)
+# Airflow reads Variables from AIRFLOW_VAR_* env vars without a DB call: the schedule can be
+# changed per deployment without the dag-processor querying the metadata DB on every parse.
+RETRAIN_CRON = os.environ.get("AIRFLOW_VAR_MLOPS_RETRAIN_CRON", "0 3 * * 1")
+
+DOC = """
+### Retrain
+
+Runs weekly (cron from the `mlops_retrain_cron` Variable, env `AIRFLOW_VAR_MLOPS_RETRAIN_CRON`)
+**and** whenever a new batch lands (Asset `transactions_landing`).
+
+1. **validate_data**: Great Expectations suite `include/data/suites/transactions.yaml`
+   (schema, nulls, ranges, categories, unique ids, row count, drift against the reference batch).
+   A failure stops the run; the log names each failed expectation and links the Data Docs report.
+2. **route**: the resource router decides where training runs (GPU node pool, Docker, this machine).
+3. **train**: the PyTorch entrypoint `include/mlops/training/train.py` in its own environment;
+   checkpoints every epoch, a retry resumes from the last one.
+4. **evaluate**: challenger and current `champion` on the same holdout rows (ONNX Runtime).
+5. **register**: MLflow run + model version (once per Airflow run), alias `challenger`, gate decision as tags.
+6. **publish_challenger**: emits Asset `model_challenger_ready` when the gate passed (skipped otherwise).
+"""
+
+
+@dag(
+    dag_id="retrain",
+    description="Validate a data batch, train, evaluate against the champion, register the challenger",
+    doc_md=DOC,
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(RETRAIN_CRON, timezone="UTC"), assets=[LANDING]),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["mlops", "training"],
+    default_args={"owner": "mlops", "retries": 2, "retry_delay": pendulum.duration(seconds=10)},
+    params={
+        "batch_path": Param(
+            None, type=["null", "string"], description="Parquet/CSV batch to train on; empty: the newest landed batch"
+        ),
+        "epochs": Param(8, type="integer", minimum=1, maximum=200, description="Training epochs"),
+        "gate_metric": Param("auc", enum=["auc", "f1", "accuracy", "log_loss"], description="Metric the gate compares"),
+        "gate_min_improvement": Param(
+            0.0, type="number", minimum=0, description="Required improvement over the champion (absolute)"
+        ),
+    },
+)
+def retrain() -> None:
+    @task(retries=0)
+    def validate_data(params: dict, dag_run=None, ti=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
+        from include.mlops import retraining
+
+        batch = params.get("batch_path") or retraining.batch_from_asset_events(triggering_asset_events)
+        return retraining.validate_data(retraining.settings(), retraining.identity(dag_run, ti), batch)
+
+    @task
+    def route() -> dict:
+        from include.mlops import retraining
+
+        return retraining.route_training(retraining.settings())
+
+    @task(pool="local_compute", retries=2)
+    def train(validation: dict, placement: dict, params: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
+        from include.mlops import retraining
+
+        ident = retraining.identity(dag_run, ti)
+        return retraining.train(retraining.settings(), ident, validation, placement, {"epochs": params["epochs"]})
+
+    @task
+    def evaluate(validation: dict, trained: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
+        from include.mlops import retraining
+
+        return retraining.evaluate(retraining.settings(), retraining.identity(dag_run, ti), validation, trained)
+
+    @task
+    def register(validation: dict, placement: dict, trained: dict, evaluation: dict, params: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
+        from include.mlops import retraining
+
+        return retraining.register(
+            retraining.settings(),
+            retraining.identity(dag_run, ti),
+            validation,
+            placement,
+            trained,
+            evaluation,
+            params["gate_metric"],
+            float(params["gate_min_improvement"]),
+        )
+
+    @task(outlets=[CHALLENGER_READY])
+    def publish_challenger(registered: dict, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not registered["gate"]["passed"]:
+            raise AirflowSkipException(f"gate rejected v{registered['version']}: {registered['gate']['reason']}")
+        outlet_events[CHALLENGER_READY].extra = {"model_name": registered["model_name"], "version": registered["version"]}
+        return registered
+
+    validation = validate_data()
+    placement = route()
+    trained = train(validation, placement)
+    evaluation = evaluate(validation, trained)
+    registered = register(validation, placement, trained, evaluation)
+    validation >> placement
+    publish_challenger(registered)
+
+
+retrain()

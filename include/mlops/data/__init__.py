@@ -1,0 +1,1 @@
+"""Transaction data: schema, synthetic batch generator, reading batches, feature encoding."""

@@ -1,0 +1,81 @@
+"""Raw transaction records -> float32 feature matrix; the deterministic holdout split.
+
+The same encoding runs in training, evaluation and the model server, so a
+model never sees features built two different ways. Scaling is not done here:
+the trained network carries its own normalisation (exported inside the ONNX graph).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from include.mlops.data.schema import (
+    BOOLEAN_FEATURES,
+    CATEGORICAL_FEATURES,
+    ID_COLUMN,
+    N_FEATURES,
+    NUMERIC_FEATURES,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+
+def encode_features(df: pd.DataFrame) -> np.ndarray:
+    """Encode a frame (or the records of a /predict call) into an (n, N_FEATURES) float32 matrix.
+
+    Unknown categories encode as all-zero one-hot rows (the model sees "none of the known").
+    Raises KeyError naming the first missing column.
+    """
+    import numpy as np
+
+    n = len(df)
+    out = np.zeros((n, N_FEATURES), dtype=np.float32)
+    j = 0
+    for col in NUMERIC_FEATURES:
+        out[:, j] = df[col].to_numpy(dtype=np.float32)
+        j += 1
+    for col in BOOLEAN_FEATURES:
+        out[:, j] = df[col].to_numpy().astype(np.float32)
+        j += 1
+    for col, vocab in CATEGORICAL_FEATURES.items():
+        values = df[col].to_numpy()
+        for val in vocab:
+            out[:, j] = values == val
+            j += 1
+    return out
+
+
+def encode_records(records: list[dict[str, Any]]) -> np.ndarray:
+    """Encode JSON records (as posted to a model server) without building a DataFrame."""
+    import numpy as np
+
+    out = np.zeros((len(records), N_FEATURES), dtype=np.float32)
+    for i, rec in enumerate(records):
+        j = 0
+        for col in NUMERIC_FEATURES:
+            out[i, j] = float(rec[col])
+            j += 1
+        for col in BOOLEAN_FEATURES:
+            out[i, j] = float(bool(rec[col]))
+            j += 1
+        for col, vocab in CATEGORICAL_FEATURES.items():
+            v = rec[col]
+            for val in vocab:
+                out[i, j] = v == val
+                j += 1
+    return out
+
+
+def in_holdout(transaction_id: str, fraction: float) -> bool:
+    """Deterministic holdout membership by id hash: the same rows in every run and process."""
+    h = int.from_bytes(hashlib.blake2b(transaction_id.encode(), digest_size=8).digest(), "big")
+    return (h % 10_000) < fraction * 10_000
+
+
+def holdout_mask(df: pd.DataFrame, fraction: float) -> np.ndarray:
+    import numpy as np
+
+    return np.fromiter((in_holdout(str(t), fraction) for t in df[ID_COLUMN]), dtype=bool, count=len(df))

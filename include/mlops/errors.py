@@ -1,0 +1,49 @@
+"""Failure kinds of the pipeline, one exception per kind.
+
+Each is raised where the bad input first arrives, with a message naming the
+param/column/value and the rule it broke, so a user can act on it.
+"""
+
+
+class MlopsError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class SettingsError(MlopsError):
+    """airflow_settings.yaml or a profile setting is malformed."""
+
+
+class BatchReadError(MlopsError):
+    """A data batch is missing, empty, unreadable or has the wrong shape."""
+
+
+class DataValidationError(MlopsError):
+    """A data batch failed its expectation suite."""
+
+
+class TrainingFailed(MlopsError):
+    """The training process exited with an error."""
+
+
+class GateRejected(MlopsError):
+    """The challenger did not beat the champion by the required margin."""
+
+
+class InvalidReleaseParams(MlopsError):
+    """A release was triggered with params that break a rule."""
+
+
+class CanaryFailed(MlopsError):
+    """The canary failed its analysis and was rolled back."""
+
+
+class DeployError(MlopsError):
+    """A serving target could not reach the requested state."""
+
+
+class BuildError(MlopsError):
+    """A serving image could not be built or pushed."""
+
+
+class PlacementError(MlopsError):
+    """A resource request cannot be placed (invalid or never satisfiable)."""

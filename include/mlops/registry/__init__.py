@@ -1,0 +1,1 @@
+"""The model registry: MLflow runs, versions, aliases, and the champion/challenger gate."""

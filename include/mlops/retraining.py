@@ -1,0 +1,235 @@
+"""The retrain DAG's steps: validate_data, route, train, evaluate, register.
+
+Each function is one task body: plain arguments in, a JSON-safe dict out (the XCom),
+so the DAG file stays wiring only and every step runs and is tested without Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from include.mlops.settings.project import PROJECT_ROOT, ProjectSettings
+
+SUITE_PATH = PROJECT_ROOT / "include" / "data" / "suites" / "transactions.yaml"
+EXPERIMENT_PREFIX = "retrain-"
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which Airflow run (and try) a step belongs to: the key of every idempotent write."""
+
+    dag_id: str
+    run_id: str
+    try_number: int = 1
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.dag_id}/{self.run_id}"
+
+    @property
+    def safe_name(self) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.run_id)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def ensure_reference_batch(settings: ProjectSettings) -> Path:
+    """The reference batch the drift checks compare with (generated once, deterministically)."""
+    from include.mlops.data.generate import write_reference
+
+    ref = settings.reference_batch
+    if not ref.exists():
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        write_reference(ref)
+    return ref
+
+
+def resolve_batch(settings: ProjectSettings, batch_path: str | None) -> Path:
+    from include.mlops.data.batches import latest_batch
+
+    if batch_path:
+        p = Path(batch_path)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+    return latest_batch(settings.landing_dir)
+
+
+def validate_data(settings: ProjectSettings, ident: RunIdentity, batch_path: str | None, log: Log = print) -> dict[str, Any]:
+    """Run the expectation suite on the batch; raise DataValidationError naming each failure."""
+    from include.mlops.data_quality.validate import validate_batch
+
+    batch = resolve_batch(settings, batch_path)
+    reference = ensure_reference_batch(settings)
+    report_dir = settings.reports_dir / ident.safe_name
+    log(f"validating {batch} against {SUITE_PATH.name} (reference {reference.name})")
+    report = validate_batch(batch, SUITE_PATH, reference, report_dir)
+    log(f"validation report: {report.result_json_path}")
+    log(f"data docs: {report.data_docs_index_path}")
+    log(
+        f"{report.n_expectations} expectations on {report.row_count} rows in {report.duration_s:.2f} s: "
+        f"{'passed' if report.success else f'{len(report.failures)} failed'}"
+    )
+    report.raise_for_failures()
+    return {"batch_path": str(batch), **report.summary()}
+
+
+def route_training(settings: ProjectSettings, request: dict[str, Any] | None = None, log: Log = print) -> dict[str, Any]:
+    """Ask the resource router where training runs now (local profile: this machine)."""
+    from include.mlops.routing.training import place_training
+
+    placement = place_training(settings, request or {}, log=log)
+    return placement
+
+
+def train(
+    settings: ProjectSettings,
+    ident: RunIdentity,
+    validation: dict[str, Any],
+    placement: dict[str, Any],
+    hyperparams: dict[str, Any],
+    log: Log = print,
+) -> dict[str, Any]:
+    """Run the training entrypoint as its own process; checkpoints keyed by the run survive retries."""
+    from include.mlops.training.config import TrainConfig
+    from include.mlops.training.runner import run_training_process, training_python
+
+    run_dir = settings.runs_dir / ident.safe_name
+    config = TrainConfig(
+        data_path=validation["batch_path"],
+        output_dir=str(run_dir / "output"),
+        checkpoint_dir=str(run_dir / "checkpoints"),
+        **hyperparams,
+    )
+    log(f"training on {placement.get('target', 'local')} ({placement.get('explanation', 'local profile')})")
+    result = run_training_process(config, training_python(), log=log)
+    return {
+        "output_dir": config.output_dir,
+        "model_onnx_path": str(result.model_onnx_path),
+        "metrics_path": str(result.metrics_path),
+        "device": result.device,
+        "epochs_run": result.epochs_run,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "duration_s": result.duration_s,
+        "holdout": result.holdout,
+        "config": json.loads(config.to_json()),
+    }
+
+
+def evaluate(
+    settings: ProjectSettings, ident: RunIdentity, validation: dict[str, Any], trained: dict[str, Any], log: Log = print
+) -> dict[str, Any]:
+    """Score challenger and current champion on the same holdout rows of this batch."""
+    from include.mlops.data.batches import read_batch
+    from include.mlops.evaluation.onnx_eval import evaluate_onnx
+    from include.mlops.registry.mlflow_registry import CHAMPION, MlflowRegistry
+
+    fraction = float(trained["config"]["holdout_fraction"])
+    df = read_batch(Path(validation["batch_path"]))
+    challenger = evaluate_onnx(Path(trained["model_onnx_path"]), df, fraction).to_dict()
+    log(f"challenger on holdout: {challenger}")
+    registry = MlflowRegistry(settings.mlflow_tracking_uri)
+    champ_ref = registry.get_alias(settings.registered_model, CHAMPION)
+    champion = None
+    if champ_ref is not None:
+        path = registry.download_onnx(champ_ref, settings.runs_dir / ident.safe_name / f"champion-v{champ_ref.version}")
+        champion = evaluate_onnx(path, df, fraction).to_dict()
+        log(f"champion v{champ_ref.version} on the same holdout: {champion}")
+    else:
+        log("no champion yet")
+    return {
+        "challenger": challenger,
+        "champion": champion,
+        "champion_version": champ_ref.version if champ_ref else None,
+    }
+
+
+def register(
+    settings: ProjectSettings,
+    ident: RunIdentity,
+    validation: dict[str, Any],
+    placement: dict[str, Any],
+    trained: dict[str, Any],
+    evaluation: dict[str, Any],
+    gate_metric: str,
+    gate_min_improvement: float,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Log the run, register a version (once per Airflow run), alias it challenger, record the gate."""
+    from include.mlops.registry.gate import decide_promotion
+    from include.mlops.registry.mlflow_registry import CHALLENGER, MlflowRegistry, TrainingRecord
+
+    metrics = json.loads(Path(trained["metrics_path"]).read_text())
+    output_dir = Path(trained["output_dir"])
+    decision = decide_promotion(gate_metric, evaluation["challenger"], evaluation["champion"], gate_min_improvement)
+    lineage = {
+        "airflow.dag_id": ident.dag_id,
+        "airflow.run_id": ident.run_id,
+        "airflow.try_number": str(ident.try_number),
+        "git.commit": git_commit(),
+        "data.path": validation["batch_path"],
+        "data.fingerprint": validation["fingerprint"],
+        "data.rows": str(validation["row_count"]),
+        "validation.success": str(validation["success"]),
+        "validation.expectations": str(validation["n_expectations"]),
+        "placement.target": str(placement.get("target")),
+        "placement.summary": str(placement.get("explanation", ""))[:4000],
+        "training.device": str(trained["device"]),
+    }
+    record = TrainingRecord(
+        run_key=ident.run_key,
+        params=trained["config"],
+        history=metrics.get("history", []),
+        holdout_metrics=evaluation["challenger"],
+        model_onnx_path=Path(trained["model_onnx_path"]),
+        input_example_path=output_dir / "input_example.json",
+        tags=lineage,
+        artifacts={"training": Path(trained["metrics_path"]), "validation": Path(validation["result_json_path"])},
+    )
+    registry = MlflowRegistry(settings.mlflow_tracking_uri)
+    run_id = registry.log_training(record, EXPERIMENT_PREFIX + settings.registered_model)
+    version = registry.register_version(settings.registered_model, run_id, ident.run_key, lineage)
+    registry.set_version_tags(settings.registered_model, version.version, decision.as_tags())
+    registry.set_alias(settings.registered_model, CHALLENGER, version.version)
+    log(f"registered {settings.registered_model} v{version.version} (run {run_id}) as {CHALLENGER}")
+    log(f"gate: {'PASSED' if decision.passed else 'REJECTED'}: {decision.reason}")
+    return {
+        "model_name": settings.registered_model,
+        "version": version.version,
+        "run_id": run_id,
+        "gate": decision.to_dict(),
+        "tracking_uri": settings.mlflow_tracking_uri,
+    }
+
+
+def settings() -> ProjectSettings:
+    """Settings of the Airflow deployment this task runs in (Connections + Variables)."""
+    return ProjectSettings.from_airflow()
+
+
+def identity(dag_run: Any, ti: Any) -> RunIdentity:
+    return RunIdentity(dag_id=dag_run.dag_id, run_id=dag_run.run_id, try_number=int(getattr(ti, "try_number", 1) or 1))
+
+
+def batch_from_asset_events(events: Any) -> str | None:
+    """The batch path a `transactions_landing` event carries in its extra, if the run was asset-triggered."""
+    if not events:
+        return None
+    for _asset, asset_events in events.items():
+        for event in reversed(list(asset_events)):
+            path = (getattr(event, "extra", None) or {}).get("path")
+            if path:
+                return str(path)
+    return None

@@ -1,0 +1,101 @@
+"""Where things are for one run of the pipeline: the profile, endpoints, data and serving folders.
+
+Built from Airflow Connections/Variables inside a task (`from_airflow`), or from
+airflow_settings.yaml for the local stack commands and tests (`from_settings_file`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from include.mlops.errors import SettingsError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROFILES = ("local", "docker", "kubernetes")
+MLFLOW_CONN_ID = "mlflow_default"
+DOCKER_CONN_ID = "docker_default"
+KUBERNETES_CONN_ID = "kubernetes_default"
+
+
+def resolve_path(value: str, root: Path = PROJECT_ROOT) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (root / p)
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    profile: str
+    mlflow_tracking_uri: str
+    mlflow_backend_store: Path
+    mlflow_artifact_root: Path
+    data_root: Path
+    serving_root: Path
+    registered_model: str
+    docker_base_url: str | None
+    image_registry: str | None
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise SettingsError(f"variable mlops_profile={self.profile!r}: must be one of {PROFILES}")
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.data_root / "landing"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_root / "reports"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Per-Airflow-run working folders (training outputs, checkpoints)."""
+        return self.data_root / "runs"
+
+    @property
+    def reference_batch(self) -> Path:
+        return self.data_root / "reference" / "transactions_reference.parquet"
+
+    @classmethod
+    def from_settings_file(cls, path: str | Path | None = None) -> ProjectSettings:
+        from include.mlops.settings.airflow_settings import load_airflow_settings
+
+        s = load_airflow_settings(path or PROJECT_ROOT / "airflow_settings.yaml")
+        ml = s.connection(MLFLOW_CONN_ID)
+        dk = s.connection(DOCKER_CONN_ID)
+        return cls(
+            profile=os.environ.get("AIRFLOW_VAR_MLOPS_PROFILE", s.variable("mlops_profile")),
+            mlflow_tracking_uri=f"{ml.schema or 'http'}://{ml.host}:{ml.port}",
+            mlflow_backend_store=resolve_path(str(ml.extra.get("backend_store", ".local/mlflow/mlflow.db"))),
+            mlflow_artifact_root=resolve_path(str(ml.extra.get("artifact_root", ".local/mlflow/artifacts"))),
+            data_root=resolve_path(s.variable("mlops_data_root")),
+            serving_root=resolve_path(s.variable("mlops_serving_root")),
+            registered_model=s.variable("mlops_registered_model"),
+            docker_base_url=dk.host,
+            image_registry=dk.extra.get("registry"),
+        )
+
+    @classmethod
+    def from_airflow(cls) -> ProjectSettings:
+        """Inside a running task: Connections and Variables decide the profile and endpoints."""
+        from airflow.sdk import BaseHook, Variable
+
+        ml = BaseHook.get_connection(MLFLOW_CONN_ID)
+        ml_extra = ml.extra_dejson
+        try:
+            dk = BaseHook.get_connection(DOCKER_CONN_ID)
+            docker_url, registry = dk.host, dk.extra_dejson.get("registry")
+        except Exception:  # noqa: BLE001 - the docker connection is optional on the local profile
+            docker_url, registry = None, None
+        return cls(
+            profile=Variable.get("mlops_profile", default="local"),
+            mlflow_tracking_uri=f"{ml.schema or 'http'}://{ml.host}:{ml.port}",
+            mlflow_backend_store=resolve_path(str(ml_extra.get("backend_store", ".local/mlflow/mlflow.db"))),
+            mlflow_artifact_root=resolve_path(str(ml_extra.get("artifact_root", ".local/mlflow/artifacts"))),
+            data_root=resolve_path(Variable.get("mlops_data_root", default=".local/data")),
+            serving_root=resolve_path(Variable.get("mlops_serving_root", default=".local/serving")),
+            registered_model=Variable.get("mlops_registered_model", default="fraud-detector"),
+            docker_base_url=docker_url,
+            image_registry=registry,
+        )
