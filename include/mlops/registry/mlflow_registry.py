@@ -152,9 +152,12 @@ class MlflowRegistry:
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name, description="Card-transaction fraud model (retrain DAG).")
-        source = self._model_source(run_id)
-        mv = client.create_model_version(name, source, run_id=run_id, tags={RUN_KEY_TAG: run_key, **tags})
-        return _ref(mv)
+        import mlflow
+
+        mlflow.set_registry_uri(self.tracking_uri)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mv = mlflow.register_model(self._model_source(run_id), name, tags={RUN_KEY_TAG: run_key, **tags})
+        return _ref(client.get_model_version(name, mv.version))
 
     def _model_source(self, run_id: str) -> str:
         import mlflow
