@@ -45,7 +45,9 @@ settings: $(VENV)/.installed
 
 # Docker engine, local registry and the offline base image (root + apt; skipped with a reason otherwise).
 services:
-	bash docker/start_engine.sh || echo "docker engine not available: image build tests will be skipped"
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  bash docker/start_engine.sh && bash docker/bootstrap_base.sh; \
+	else echo "not root or no apt-get: Docker engine not started; image build tests will be skipped with the reason"; fi
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
