@@ -36,8 +36,16 @@ REST API (`POST /api/v2/assets/events`) after writing their file.
         "drift": Param(0.0, type="number", minimum=0, maximum=1, description="Distribution drift to inject (0..1)"),
         "corruption": Param(
             "none",
-            enum=["none", "nulls", "duplicate_ids", "out_of_range", "wrong_types", "missing_column",
-                  "all_null_column", "bad_category"],
+            enum=[
+                "none",
+                "nulls",
+                "duplicate_ids",
+                "out_of_range",
+                "wrong_types",
+                "missing_column",
+                "all_null_column",
+                "bad_category",
+            ],
             description="Corruption to inject",
         ),
     },

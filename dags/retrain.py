@@ -48,6 +48,12 @@ Runs weekly (cron from the `mlops_retrain_cron` Variable, env `AIRFLOW_VAR_MLOPS
             None, type=["null", "string"], description="Parquet/CSV batch to train on; empty: the newest landed batch"
         ),
         "epochs": Param(8, type="integer", minimum=1, maximum=200, description="Training epochs"),
+        "resources": Param(
+            {"gpu_count": 1, "cpu_fallback": True},
+            type="object",
+            description="Training request for the router: gpu_count, gpu_types (preferred first), gpu_milli, "
+            "cpu_millicores, memory_mib, max_wait_s, cpu_fallback (run on the local CPU when no GPU fits)",
+        ),
         "gate_metric": Param("auc", enum=["auc", "f1", "accuracy", "log_loss"], description="Metric the gate compares"),
         "gate_min_improvement": Param(
             0.0, type="number", minimum=0, description="Required improvement over the champion (absolute)"
@@ -63,10 +69,10 @@ def retrain() -> None:
         return retraining.validate_data(retraining.settings(), retraining.identity(dag_run, ti), batch)
 
     @task
-    def route() -> dict:
+    def route(params: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
         from include.mlops import retraining
 
-        return retraining.route_training(retraining.settings())
+        return retraining.route_training(retraining.identity(dag_run, ti), params["resources"])
 
     @task(pool="local_compute", retries=2)
     def train(validation: dict, placement: dict, params: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
@@ -82,7 +88,9 @@ def retrain() -> None:
         return retraining.evaluate(retraining.settings(), retraining.identity(dag_run, ti), validation, trained)
 
     @task
-    def register(validation: dict, placement: dict, trained: dict, evaluation: dict, params: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
+    def register(
+        validation: dict, placement: dict, trained: dict, evaluation: dict, params: dict, dag_run=None, ti=None
+    ) -> dict:  # type: ignore[no-untyped-def]
         from include.mlops import retraining
 
         return retraining.register(
@@ -102,7 +110,10 @@ def retrain() -> None:
 
         if not registered["gate"]["passed"]:
             raise AirflowSkipException(f"gate rejected v{registered['version']}: {registered['gate']['reason']}")
-        outlet_events[CHALLENGER_READY].extra = {"model_name": registered["model_name"], "version": registered["version"]}
+        outlet_events[CHALLENGER_READY].extra = {
+            "model_name": registered["model_name"],
+            "version": registered["version"],
+        }
         return registered
 
     validation = validate_data()

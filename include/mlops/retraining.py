@@ -67,7 +67,9 @@ def resolve_batch(settings: ProjectSettings, batch_path: str | None) -> Path:
     return latest_batch(settings.landing_dir)
 
 
-def validate_data(settings: ProjectSettings, ident: RunIdentity, batch_path: str | None, log: Log = print) -> dict[str, Any]:
+def validate_data(
+    settings: ProjectSettings, ident: RunIdentity, batch_path: str | None, log: Log = print
+) -> dict[str, Any]:
     """Run the expectation suite on the batch; raise DataValidationError naming each failure."""
     from include.mlops.data_quality.validate import validate_batch
 
@@ -86,12 +88,11 @@ def validate_data(settings: ProjectSettings, ident: RunIdentity, batch_path: str
     return {"batch_path": str(batch), **report.summary()}
 
 
-def route_training(settings: ProjectSettings, request: dict[str, Any] | None = None, log: Log = print) -> dict[str, Any]:
-    """Ask the resource router where training runs now (local profile: this machine)."""
+def route_training(ident: RunIdentity, request: dict[str, Any] | None = None, log: Log = print) -> dict[str, Any]:
+    """Ask the resource router where training runs now; a GPU first, the local CPU as the last resort."""
     from include.mlops.routing.training import place_training
 
-    placement = place_training(settings, request or {}, log=log)
-    return placement
+    return place_training(f"{ident.run_key}/train", request or {}, log=log)
 
 
 def train(
@@ -113,7 +114,7 @@ def train(
         checkpoint_dir=str(run_dir / "checkpoints"),
         **hyperparams,
     )
-    log(f"training on {placement.get('target', 'local')} ({placement.get('explanation', 'local profile')})")
+    log(f"training on {placement.get('target')}: {placement.get('explanation_text', '')}")
     result = run_training_process(config, training_python(), log=log)
     return {
         "output_dir": config.output_dir,
@@ -133,22 +134,23 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score challenger and current champion on the same holdout rows of this batch."""
     from include.mlops.data.batches import read_batch
-    from include.mlops.evaluation.onnx_eval import evaluate_onnx
+    from include.mlops.evaluation.onnx_eval import evaluate_models
     from include.mlops.registry.mlflow_registry import CHAMPION, MlflowRegistry
 
     fraction = float(trained["config"]["holdout_fraction"])
     df = read_batch(Path(validation["batch_path"]))
-    challenger = evaluate_onnx(Path(trained["model_onnx_path"]), df, fraction).to_dict()
-    log(f"challenger on holdout: {challenger}")
     registry = MlflowRegistry(settings.mlflow_tracking_uri)
     champ_ref = registry.get_alias(settings.registered_model, CHAMPION)
-    champion = None
+    models = {"challenger": Path(trained["model_onnx_path"])}
     if champ_ref is not None:
-        path = registry.download_onnx(champ_ref, settings.runs_dir / ident.safe_name / f"champion-v{champ_ref.version}")
-        champion = evaluate_onnx(path, df, fraction).to_dict()
-        log(f"champion v{champ_ref.version} on the same holdout: {champion}")
-    else:
-        log("no champion yet")
+        dst = settings.runs_dir / ident.safe_name / f"champion-v{champ_ref.version}"
+        models["champion"] = registry.download_onnx(champ_ref, dst)
+    # one holdout encoding for both models: the gate compares them on exactly the same rows
+    scores = evaluate_models(models, df, fraction)
+    challenger = scores["challenger"].to_dict()
+    champion = scores["champion"].to_dict() if "champion" in scores else None
+    log(f"challenger on holdout: {challenger}")
+    log(f"champion v{champ_ref.version} on the same holdout: {champion}" if champ_ref else "no champion yet")
     return {
         "challenger": challenger,
         "champion": champion,
@@ -185,7 +187,7 @@ def register(
         "validation.success": str(validation["success"]),
         "validation.expectations": str(validation["n_expectations"]),
         "placement.target": str(placement.get("target")),
-        "placement.summary": str(placement.get("explanation", ""))[:4000],
+        "placement.summary": str(placement.get("explanation_text", ""))[:4000],
         "training.device": str(trained["device"]),
     }
     record = TrainingRecord(

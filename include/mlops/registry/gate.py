@@ -55,14 +55,20 @@ def decide_promotion(
         raise SettingsError(f"param gate_min_improvement={min_improvement!r}: must be a finite number >= 0")
     if metric not in challenger:
         raise SettingsError(f"challenger metrics have no {metric!r}: got {sorted(challenger)}")
-    value = float(challenger[metric])
+    raw = challenger[metric]
+    value = math.nan if raw is None else float(raw)
     if not math.isfinite(value):
         return GateDecision(False, metric, value, None, min_improvement, None, f"challenger {metric} is {value}")
     if champion is None:
         return GateDecision(
             True, metric, value, None, min_improvement, None, "no champion yet: first model is the champion candidate"
         )
-    base = float(champion[metric])
+    raw_base = champion.get(metric)
+    base = math.nan if raw_base is None else float(raw_base)
+    if not math.isfinite(base):
+        return GateDecision(
+            True, metric, value, None, min_improvement, None, f"champion {metric} is undefined on this holdout"
+        )
     higher_better = GATE_METRICS[metric]
     improvement = (value - base) if higher_better else (base - value)
     passed = improvement >= min_improvement

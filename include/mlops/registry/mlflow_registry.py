@@ -107,7 +107,7 @@ class MlflowRegistry:
             for row in record.history:
                 epoch = int(row.get("epoch", 0))
                 mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
-            mlflow.log_metrics({f"holdout_{k}": float(v) for k, v in record.holdout_metrics.items()})
+            mlflow.log_metrics({f"holdout_{k}": float(v) for k, v in record.holdout_metrics.items() if v is not None})
             for name, path in record.artifacts.items():
                 if path.is_dir():
                     mlflow.log_artifacts(str(path), artifact_path=name)
@@ -214,7 +214,9 @@ class MlflowRegistry:
         cached = dst / "model.onnx"
         if cached.exists():
             return cached
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst), tracking_uri=self.tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst), tracking_uri=self.tracking_uri)
+        )
         found = sorted(local.rglob("*.onnx"))
         if not found:
             raise FileNotFoundError(f"model {ref.name} v{ref.version}: no .onnx file in {ref.uri}")

@@ -236,7 +236,9 @@ def load_airflow_settings(path: str | Path) -> AirflowSettings:
 
 def apply_airflow_settings(settings: AirflowSettings) -> ApplyReport:
     """Upsert connections, pools and variables into Airflow's metadata DB in one transaction."""
-    from airflow.models import Connection, Pool, Variable
+    from airflow.models.connection import Connection
+    from airflow.models.pool import Pool
+    from airflow.models.variable import Variable
     from airflow.utils.session import create_session
 
     created: list[str] = []

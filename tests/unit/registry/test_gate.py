@@ -42,3 +42,9 @@ def test_tags_carry_decision_and_numbers() -> None:
 def test_bad_gate_params_are_rejected(metric: str, margin: float) -> None:
     with pytest.raises(SettingsError):
         decide_promotion(metric, {"auc": 0.9}, None, margin)
+
+
+def test_undefined_challenger_auc_is_rejected_but_undefined_champion_auc_is_not_a_blocker() -> None:
+    assert not decide_promotion("auc", {"auc": None}, {"auc": 0.9}, 0.0).passed  # type: ignore[dict-item]
+    d = decide_promotion("auc", {"auc": 0.8}, {"auc": None}, 0.0)  # type: ignore[dict-item]
+    assert d.passed and "undefined" in d.reason

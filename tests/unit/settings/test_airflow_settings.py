@@ -57,7 +57,9 @@ def test_malformed_file_is_rejected_with_location(tmp_path: Path, text: str, nee
 
 
 def test_apply_is_idempotent_and_updates_changed_values(airflow_db: Path, tmp_path: Path) -> None:
-    from airflow.models import Connection, Pool, Variable
+    from airflow.models.connection import Connection
+    from airflow.models.pool import Pool
+    from airflow.models.variable import Variable
     from airflow.utils.session import create_session
 
     first = apply_airflow_settings(load_airflow_settings(PROJECT_FILE))
@@ -77,7 +79,7 @@ def test_apply_is_idempotent_and_updates_changed_values(airflow_db: Path, tmp_pa
 
 
 def test_cli_applies_nothing_from_a_malformed_file(airflow_db: Path, tmp_path: Path) -> None:
-    from airflow.models import Variable
+    from airflow.models.variable import Variable
     from airflow.utils.session import create_session
 
     bad = tmp_path / "airflow_settings.yaml"

@@ -1,0 +1,126 @@
+"""HTTP API and a small UI page for the router, mounted by the Airflow plugin under /resource-router.
+
+Capacity per pool, live reservations, recent decisions, and a dry run that places without reserving.
+Built by ``create_app(router_factory)`` so tests run it under plain uvicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from include.mlops.errors import MlopsError, PlacementError
+from include.mlops.routing.model import TaskRequest
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from include.mlops.routing.router import ResourceRouter
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Resource router</title>
+<style>body{font:14px system-ui;margin:1.5em}table{border-collapse:collapse}td,th{border:1px solid #ccc;
+padding:3px 8px}textarea{width:40em;height:8em}pre{background:#f4f4f4;padding:1em;max-width:90em;overflow:auto}</style>
+</head><body><h2>Capacity per pool</h2><div id="cap">loading…</div>
+<h2>Reservations</h2><div id="res"></div><h2>Recent decisions</h2><div id="dec"></div>
+<h2>Dry run</h2><textarea id="req">{"gpu_count": 1, "gpu_types": ["A100", "L4"], "cpu_millicores": 8000,
+"memory_mib": 32768}</textarea><br><button onclick="dry()">Place (no reservation)</button><pre id="out"></pre>
+<script>
+function table(rows, cols){ if(!rows.length) return "<i>none</i>";
+ return "<table><tr>"+cols.map(c=>"<th>"+c+"</th>").join("")+"</tr>"+rows.map(r=>"<tr>"+cols.map(c=>
+ "<td>"+(typeof r[c]==="object"?JSON.stringify(r[c]):(r[c]??""))+"</td>").join("")+"</tr>").join("")+"</table>";}
+async function load(){
+ const cap = await (await fetch("capacity")).json();
+ document.getElementById("cap").innerHTML = table(cap.pools, ["node_pool","target","gpu_types","nodes",
+   "schedulable_nodes","whole_gpus_free","gpu_free_milli","mig_free","cpu_free_millicores","memory_free_mib"]);
+ const res = await (await fetch("reservations")).json();
+ document.getElementById("res").innerHTML = table(res, ["task_key","node_name","expires_at_s"]);
+ const dec = await (await fetch("decisions?limit=20")).json();
+ document.getElementById("dec").innerHTML = table(dec.map(d=>({...d, where: d.node_pool||"", why:
+   (d.explanation||{}).summary||d.reason})), ["decided_at_s","task_key","decision","dry_run","where","why"]);}
+async function dry(){ const r = await fetch("dry-run",{method:"POST",headers:{"Content-Type":"application/json"},
+ body:document.getElementById("req").value}); document.getElementById("out").textContent =
+ JSON.stringify(await r.json(), null, 2); load();}
+load();
+</script></body></html>"""
+
+
+def create_app(router_factory: Callable[[], ResourceRouter]) -> FastAPI:
+    """The router's FastAPI app; ``router_factory`` is called per request (cheap; reads settings)."""
+    from fastapi import Body, FastAPI, HTTPException
+    from fastapi.responses import HTMLResponse
+
+    app = FastAPI(title="Resource router", description="Where heavy tasks can run now, and why.")
+
+    def router() -> ResourceRouter:
+        try:
+            return router_factory()
+        except MlopsError as exc:
+            raise HTTPException(503, detail=str(exc)) from exc
+
+    @app.get("/capacity")
+    def capacity() -> dict[str, Any]:
+        r = router()
+        try:
+            snap = r.provider.snapshot()
+        except MlopsError as exc:
+            raise HTTPException(503, detail=str(exc)) from exc
+        return {"source": snap.source, "taken_at_s": snap.taken_at_s, "pools": snap.pool_summary()}
+
+    @app.get("/reservations")
+    def reservations() -> list[dict[str, Any]]:
+        return [r.to_dict() for r in router().book.active()]
+
+    @app.get("/decisions")
+    def decisions(limit: int = 50) -> list[dict[str, Any]]:
+        return router().book.recent_decisions(max(1, min(limit, 500)))
+
+    @app.post("/dry-run")
+    def dry_run(body: dict[str, Any] = Body(...), waited_s: float = 0.0) -> dict[str, Any]:  # noqa: B008
+        try:
+            request = TaskRequest.from_dict(body)
+            return router().decide(request, waited_s=waited_s, dry_run=True).to_dict()
+        except PlacementError as exc:
+            raise HTTPException(422, detail=str(exc)) from exc
+
+    @app.get("/ui", response_class=HTMLResponse)
+    def ui() -> str:
+        return _PAGE
+
+    return app
+
+
+def router_from_airflow() -> ResourceRouter:
+    """The router as the deployment configures it (Airflow Variables; the local machine by default).
+
+    ``router_capacity_source``: ``local`` | ``inventory:<path>`` | ``kubernetes:<conn_id>``;
+    ``router_book_path``: the SQLite reservation book shared by workers and the api-server.
+    """
+    from airflow.sdk import Variable
+
+    from include.mlops.errors import SettingsError
+    from include.mlops.routing.providers.local import LocalMachineProvider
+    from include.mlops.routing.reservations import ReservationBook
+    from include.mlops.routing.router import CombinedProvider, ResourceRouter
+    from include.mlops.settings.project import resolve_path
+
+    source = Variable.get("router_capacity_source", default="local")
+    book = ReservationBook(resolve_path(Variable.get("router_book_path", default=".local/router/book.sqlite")))
+    kind, _, arg = source.partition(":")
+    local = LocalMachineProvider()
+    if kind == "local":
+        return ResourceRouter(local, book)
+    if kind == "inventory":
+        from include.mlops.routing.providers.static import StaticInventoryProvider
+
+        return ResourceRouter(CombinedProvider((StaticInventoryProvider(arg), local)), book)
+    if kind == "kubernetes":
+        from airflow.sdk import Connection
+
+        from include.mlops.routing.providers.kubernetes import KubernetesCapacityProvider
+
+        conn = Connection.get(arg or "kubernetes_default")
+        k8s = KubernetesCapacityProvider.from_connection(conn.host, conn.extra_dejson)
+        return ResourceRouter(CombinedProvider((k8s, local)), book)
+    raise SettingsError(
+        f"Variable router_capacity_source={source!r}: use 'local', 'inventory:<path>' or 'kubernetes:<conn_id>'"
+    )
