@@ -98,9 +98,7 @@ def start_mlflow(settings: ProjectSettings | None = None) -> str:
         "1",
     ]
     with log.open("ab") as out:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT
-        )
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT)
     (run_dir / "server.pid").write_text(str(proc.pid))
     _wait_http(f"{uri}/health", 90, "MLflow server", log)
     return uri
@@ -122,13 +120,13 @@ def _stop(pid_file: Path, what: str) -> None:
 
 
 def airflow_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(VENV_BIN / "airflow"), *args], env=airflow_env(), check=check, cwd=PROJECT_ROOT)  # noqa: S603
+    return subprocess.run([str(VENV_BIN / "airflow"), *args], env=airflow_env(), check=check, cwd=PROJECT_ROOT)
 
 
 def init_airflow() -> None:
     AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
     airflow_cli("db", "migrate")
-    subprocess.run(  # noqa: S603
+    subprocess.run(
         [sys.executable, "-m", "include.mlops.settings.apply", str(PROJECT_ROOT / "airflow_settings.yaml")],
         env=airflow_env(),
         check=True,
@@ -143,7 +141,7 @@ def start_ui() -> None:
     if _pid_alive(pid_file) is None:
         log = LOCAL_DIR / "airflow-standalone.log"
         with log.open("ab") as out:
-            proc = subprocess.Popen(  # noqa: S603
+            proc = subprocess.Popen(
                 [str(VENV_BIN / "airflow"), "standalone"],
                 env=airflow_env(),
                 stdout=out,

@@ -1,0 +1,112 @@
+"""A bounded loopback load generator: replays holdout records through the router at a fixed rate.
+
+Used where no real traffic exists (local profile, tests, benchmarks) so a canary step has
+requests to judge; records what each request got back and which model version served it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from include.mlops.errors import MlopsError
+
+MAX_RPS = 500.0
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    started_at_unix: float
+    status: int  # 0: no HTTP answer (connection refused/reset, timeout)
+    latency_ms: float
+    served_version: str | None
+    error: str | None = None
+
+
+class LoadGenerator:
+    """Open-loop-ish replay in one background thread; stops at duration_s, stop_event, or stop()."""
+
+    def __init__(
+        self,
+        url: str,
+        records: Sequence[dict[str, Any]],
+        rps: float,
+        duration_s: float | None = None,
+        stop_event: threading.Event | None = None,
+        batch_size: int = 1,
+        timeout_s: float = 10.0,
+    ) -> None:
+        if not records:
+            raise MlopsError("LoadGenerator needs at least one record to replay")
+        if not 0 < rps <= MAX_RPS:
+            raise MlopsError(f"LoadGenerator rps={rps} must be in (0, {MAX_RPS}]: it runs on loopback, beside servers")
+        if duration_s is None and stop_event is None:
+            raise MlopsError("LoadGenerator needs duration_s or stop_event: it must be bounded")
+        self.url = url.rstrip("/") + "/predict"
+        self.records = list(records)
+        self.rps = rps
+        self.duration_s = duration_s
+        self.stop_event = stop_event or threading.Event()
+        self.batch_size = batch_size
+        self.timeout_s = timeout_s
+        self._results: list[RequestResult] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LoadGenerator:
+        self._thread = threading.Thread(target=self._run, name="canary-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 15.0) -> list[RequestResult]:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        return self.results()
+
+    def __enter__(self) -> LoadGenerator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def results(self) -> list[RequestResult]:
+        with self._lock:
+            return list(self._results)
+
+    def _run(self) -> None:
+        import httpx
+
+        period = 1.0 / self.rps
+        batches = itertools.cycle(
+            [self.records[i : i + self.batch_size] for i in range(0, len(self.records), self.batch_size)]
+        )
+        t_end = None if self.duration_s is None else time.monotonic() + self.duration_s
+        next_at = time.monotonic()
+        with httpx.Client(timeout=self.timeout_s) as client:
+            while not self.stop_event.is_set() and (t_end is None or time.monotonic() < t_end):
+                batch = next(batches)
+                started = time.time()
+                t0 = time.perf_counter()
+                try:
+                    r = client.post(self.url, json={"records": batch})
+                    res = RequestResult(
+                        started, r.status_code, (time.perf_counter() - t0) * 1000, r.headers.get("x-model-version")
+                    )
+                except httpx.HTTPError as exc:
+                    res = RequestResult(
+                        started, 0, (time.perf_counter() - t0) * 1000, None, f"{type(exc).__name__}: {exc}"
+                    )
+                with self._lock:
+                    self._results.append(res)
+                next_at += period
+                # when behind (slow answers) do not burst to catch up: restart the schedule from now
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    self.stop_event.wait(delay)
+                else:
+                    next_at = time.monotonic()

@@ -1,0 +1,443 @@
+"""The `local` profile's deploy target: model-server processes behind a Caddy router on 127.0.0.1.
+
+State lives in state_dir/state.json (pids, ports, versions, weight) under a file lock, so the
+separate Airflow task processes of one release continue the same deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from include.mlops.deploy import caddy
+from include.mlops.deploy.target import Backend, ModelRef, ServingState
+from include.mlops.errors import DeployError
+
+SERVER_MODULE = "include.mlops.serving.server"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may contain spaces; fields after the last ')' are fixed
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def pid_alive(pid: int | None, ticks: int | None) -> bool:
+    """True if pid runs and is the very process we started (same kernel start time), not a zombie."""
+    if pid is None:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        # reap our own exited children so they do not linger as zombies
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    now = _start_ticks(pid)
+    return now is not None and (ticks is None or now == ticks)
+
+
+def _log_tail(path: str | None, n_chars: int = 1500) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text(errors="replace")[-n_chars:]
+    except OSError:
+        return ""
+
+
+class LocalProcessTarget:
+    """Serve models as detached local processes; route with Caddy (weighted_round_robin)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        python_executable: str,
+        caddy_executable: str | None = None,
+        drain_timeout_s: float = 30.0,
+        project_root: Path | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.python_executable = python_executable
+        self.caddy_executable = caddy_executable
+        self.drain_timeout_s = drain_timeout_s
+        # the server is started as `python -m include.mlops.serving.server` from the project root
+        self.project_root = project_root or Path(__file__).resolve().parents[3]
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- state -------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Hold the state lock, yield the state dict, write it back atomically on success."""
+        with open(self.state_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                st = self._read()
+                yield st
+                self._write(st)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> dict[str, Any]:
+        if not self.state_path.exists():
+            return {"router": None, "stable": None, "canary": None, "canary_weight_pct": 0, "retired": []}
+        return json.loads(self.state_path.read_text())
+
+    def _write(self, st: dict[str, Any]) -> None:
+        st["updated_at_unix"] = time.time()
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(st, indent=2))
+        tmp.replace(self.state_path)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        with open(self.state_dir / "events.jsonl", "a") as f:
+            f.write(json.dumps({"ts": time.time(), "event": kind, **fields}) + "\n")
+
+    # ---- public API --------------------------------------------------------------------------
+
+    def status(self) -> ServingState:
+        st = self._read()
+        router = st.get("router")
+        return ServingState(
+            router_url=f"http://127.0.0.1:{router['http_port']}" if router else None,
+            stable=Backend.from_json(st.get("stable")),
+            canary=Backend.from_json(st.get("canary")),
+            canary_weight_pct=int(st.get("canary_weight_pct", 0)),
+        )
+
+    def ensure_stable(self, model: ModelRef, ready_timeout_s: float = 60.0) -> Backend:
+        with self._locked() as st:
+            self._finish_retirements(st)
+            stable = Backend.from_json(st["stable"])
+            if stable and stable.version == model.version and self._backend_alive(stable):
+                self._ensure_router(st)
+                return stable
+            if st.get("canary"):
+                raise DeployError(
+                    f"cannot replace the stable with version {model.version} while canary version "
+                    f"{st['canary']['version']} runs; promote or roll back the canary first"
+                )
+            new = self._start_backend(model, "stable", ready_timeout_s)
+            st["stable"] = new.to_json()
+            st["canary_weight_pct"] = 0
+            self._ensure_router(st)
+            self._apply(st)
+            if stable is not None:
+                st["retired"].append(stable.to_json())
+                self._write(st)
+                self._finish_retirements(st)
+            self._event("stable", version=new.version, replaced=stable.version if stable else None)
+            return new
+
+    def start_canary(self, model: ModelRef, ready_timeout_s: float = 60.0) -> Backend:
+        with self._locked() as st:
+            self._finish_retirements(st)
+            if not st.get("stable"):
+                raise DeployError("no stable deployment to canary against; run ensure_stable first")
+            self._ensure_router(st)
+            canary = Backend.from_json(st.get("canary"))
+            if canary is not None:
+                if canary.version == model.version and self._backend_alive(canary):
+                    return canary
+                if canary.version != model.version:
+                    raise DeployError(
+                        f"canary version {canary.version} is already running; promote or roll it back "
+                        f"before starting version {model.version}"
+                    )
+                # same version but dead: take it out of the route, then start again
+                st["canary"], st["canary_weight_pct"] = None, 0
+                self._apply(st)
+            new = self._start_backend(model, "canary", ready_timeout_s)
+            st["canary"] = new.to_json()
+            st["canary_weight_pct"] = 0
+            self._apply(st)
+            self._event("canary_started", version=new.version)
+            return new
+
+    def set_canary_weight(self, pct: int) -> None:
+        if not isinstance(pct, int) or not 0 <= pct <= 100:
+            raise DeployError(f"canary weight {pct!r} is not an integer percentage in 0..100")
+        with self._locked() as st:
+            if not st.get("canary"):
+                raise DeployError(f"no canary running to give {pct} % of the traffic")
+            self._ensure_router(st)
+            st["canary_weight_pct"] = pct
+            self._apply(st)
+            self._event("weight", canary_weight_pct=pct)
+
+    def promote(self) -> Backend:
+        with self._locked() as st:
+            canary = Backend.from_json(st.get("canary"))
+            if canary is None:
+                # already promoted (a retried task): finish any draining and report the stable
+                self._finish_retirements(st)
+                if not st.get("stable"):
+                    raise DeployError("nothing to promote: no canary and no stable deployment")
+                return Backend.from_json(st["stable"])  # type: ignore[return-value]
+            if not self._backend_alive(canary):
+                raise DeployError(
+                    f"canary version {canary.version} (pid {canary.pid}) is not running; "
+                    f"cannot promote it. Log tail:\n{_log_tail(canary.log_path)}"
+                )
+            self._ensure_router(st)
+            old = st["stable"]
+            # canary is already fully up: route everything to it, then it is the stable
+            st["stable"], st["canary"], st["canary_weight_pct"] = canary.to_json(), None, 0
+            self._apply(st)
+            if old:
+                st["retired"].append(old)
+            self._write(st)
+            self._finish_retirements(st)
+            self._event("promoted", version=canary.version, previous=old["version"] if old else None)
+            return canary
+
+    def rollback(self, reason: str) -> None:
+        with self._locked() as st:
+            canary = st.get("canary")
+            if canary is not None:
+                st["canary"], st["canary_weight_pct"] = None, 0
+                if st.get("stable"):
+                    self._ensure_router(st)
+                    self._apply(st)
+                st["retired"].append(canary)
+                st["last_rollback"] = {"reason": reason, "version": canary["version"], "at_unix": time.time()}
+                self._write(st)
+                self._event("rollback", version=canary["version"], reason=reason)
+            self._finish_retirements(st)
+
+    def stop_all(self) -> None:
+        with self._locked() as st:
+            for key in ("canary", "stable"):
+                if st.get(key):
+                    st["retired"].append(st[key])
+                st[key] = None
+            st["canary_weight_pct"] = 0
+            router = st.get("router")
+            if router:
+                self._stop_pid(router["pid"], router.get("pid_start_ticks"), grace_s=5.0)
+                st["router"] = None
+            self._finish_retirements(st, drain=False)
+            self._event("stopped_all")
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _backend_alive(self, b: Backend) -> bool:
+        return pid_alive(b.pid, b.pid_start_ticks)
+
+    def _apply(self, st: dict[str, Any]) -> None:
+        """Push the split from state to Caddy and keep the on-disk config in step (for restarts)."""
+        router = st["router"]
+        split = self._split(st)
+        caddy.apply_split(router["admin_port"], split)
+        (self.state_dir / "caddy.json").write_text(
+            json.dumps(caddy.caddy_config(router["http_port"], router["admin_port"], split), indent=2)
+        )
+
+    def _split(self, st: dict[str, Any]) -> caddy.Split:
+        stable = st["stable"]
+        canary = st.get("canary")
+        return caddy.split_for(
+            f"127.0.0.1:{stable['port']}",
+            f"127.0.0.1:{canary['port']}" if canary else None,
+            int(st.get("canary_weight_pct", 0)),
+        )
+
+    def _ensure_router(self, st: dict[str, Any]) -> None:
+        router = st.get("router")
+        if router and pid_alive(router["pid"], router.get("pid_start_ticks")):
+            return
+        if not st.get("stable"):
+            raise DeployError("the router needs a stable backend to route to")
+        http_port = router["http_port"] if router else free_port()
+        admin_port = free_port()
+        cfg_path = self.state_dir / "caddy.json"
+        cfg_path.write_text(json.dumps(caddy.caddy_config(http_port, admin_port, self._split(st)), indent=2))
+        exe = self.caddy_executable or caddy.find_caddy()
+        log_path = self.state_dir / "caddy.log"
+        env = {
+            **os.environ,
+            # caddy writes its data/config dirs here, never into the user's home
+            "XDG_DATA_HOME": str(self.state_dir / "caddy-data"),
+            "XDG_CONFIG_HOME": str(self.state_dir / "caddy-config"),
+        }
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [exe, "run", "--config", str(cfg_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        st["router"] = {
+            "pid": proc.pid,
+            "pid_start_ticks": _start_ticks(proc.pid),
+            "http_port": http_port,
+            "admin_port": admin_port,
+            "log_path": str(log_path),
+        }
+        self._write(st)
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DeployError(f"caddy exited with {proc.returncode}. Log tail:\n{_log_tail(str(log_path))}")
+            if caddy.current_split(admin_port) is not None and _port_open(http_port):
+                self._event("router_started", pid=proc.pid, http_port=http_port, admin_port=admin_port)
+                return
+            time.sleep(0.05)
+        self._stop_pid(proc.pid, st["router"]["pid_start_ticks"], grace_s=2.0)
+        st["router"] = None
+        raise DeployError(f"caddy did not come up within 15 s. Log tail:\n{_log_tail(str(log_path))}")
+
+    def _start_backend(self, model: ModelRef, role: str, ready_timeout_s: float) -> Backend:
+        model_path = Path(model.model_path)
+        if not model_path.is_file():
+            raise DeployError(f"model file {model_path} of {model.name} v{model.version} does not exist")
+        last_error = ""
+        for _attempt in range(3):  # a free port can be taken between probing and binding
+            port = free_port()
+            log_path = self.state_dir / f"server-{role}-v{model.version}-{port}.log"
+            cmd = [
+                self.python_executable, "-m", SERVER_MODULE,
+                "--model", str(model_path.resolve()),
+                "--port", str(port),
+                "--host", "127.0.0.1",
+                "--model-name", model.name,
+                "--model-version", str(model.version),
+                "--graceful-shutdown-s", str(self.drain_timeout_s),
+            ]  # fmt: skip
+            if model.image_digest:
+                cmd += ["--image-digest", model.image_digest]
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(self.project_root), os.environ.get("PYTHONPATH")])),
+            }
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True, cwd=str(self.project_root), env=env,
+                )  # fmt: skip
+            backend = Backend(
+                name=model.name,
+                version=str(model.version),
+                url=f"http://127.0.0.1:{port}",
+                model_path=str(model_path.resolve()),
+                image_digest=model.image_digest,
+                port=port,
+                pid=proc.pid,
+                pid_start_ticks=_start_ticks(proc.pid),
+                log_path=str(log_path),
+                started_at_unix=time.time(),
+            )
+            outcome = self._wait_ready(proc, backend, ready_timeout_s)
+            if outcome == "ready":
+                return backend
+            self._stop_pid(proc.pid, backend.pid_start_ticks, grace_s=2.0)
+            last_error = outcome
+            if "address already in use" not in _log_tail(str(log_path)).lower():
+                break
+        raise DeployError(f"{role} {model.name} v{model.version} did not become ready: {last_error}")
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], b: Backend, timeout_s: float) -> str:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    return f"server exited with {proc.returncode}. Log tail:\n{_log_tail(b.log_path)}"
+                try:
+                    r = client.get(f"{b.url}/health/ready")
+                    if r.status_code == 200:
+                        return "ready"
+                    body = r.json()
+                    if body.get("status") == "failed":
+                        return f"model failed to load: {body.get('load_error')}"
+                except (httpx.HTTPError, ValueError):
+                    pass
+                time.sleep(0.05)
+        return f"not ready within {timeout_s:g} s. Log tail:\n{_log_tail(b.log_path)}"
+
+    def _finish_retirements(self, st: dict[str, Any], drain: bool = True) -> None:
+        """Drain (no request in flight) and stop every retired backend; survives being re-run."""
+        for raw in list(st.get("retired", [])):
+            b = Backend.from_json(raw)
+            assert b is not None
+            if drain:
+                self._drain(b)
+            self._stop_pid(b.pid, b.pid_start_ticks, grace_s=self.drain_timeout_s + 5.0)
+            st["retired"].remove(raw)
+            self._write(st)
+            self._event("stopped", version=b.version, pid=b.pid)
+
+    def _drain(self, b: Backend) -> None:
+        """Wait until the router has no request left on this backend (bounded by drain_timeout_s)."""
+        import httpx
+
+        deadline = time.monotonic() + self.drain_timeout_s
+        # the router may have handed the request over a moment before the server counts it
+        time.sleep(0.05)
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline and self._backend_alive(b):
+                try:
+                    if client.get(f"{b.url}/info").json().get("in_flight", 0) <= 0:
+                        return
+                except (httpx.HTTPError, ValueError):
+                    return
+                time.sleep(0.02)
+
+    def _stop_pid(self, pid: int | None, ticks: int | None, grace_s: float) -> None:
+        """SIGTERM the process group we started (servers drain in-flight requests), SIGKILL after grace_s."""
+        try:
+            self._signal_and_wait(pid, ticks, grace_s)
+        finally:
+            if pid is not None:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)  # reap it if it was our child
+
+    def _signal_and_wait(self, pid: int | None, ticks: int | None, grace_s: float) -> None:
+        if pid is None or not pid_alive(pid, ticks):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if not pid_alive(pid, ticks):
+                return
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and pid_alive(pid, ticks):
+            time.sleep(0.02)
+        if pid_alive(pid, ticks):
+            raise DeployError(f"process {pid} survived SIGKILL; stop it by hand")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0

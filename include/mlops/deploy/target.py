@@ -1,0 +1,83 @@
+"""What a serving target is: a stable model, an optional canary and a router splitting traffic by weight.
+
+One small Protocol; one implementation per profile (local processes, containers, Kubernetes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model version to serve: where its ONNX file is and which image it was built into."""
+
+    name: str
+    version: str
+    model_path: Path
+    image_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One running model server."""
+
+    name: str
+    version: str
+    url: str
+    model_path: str
+    image_digest: str | None = None
+    port: int | None = None
+    pid: int | None = None
+    # kernel start time of pid, so a recycled pid is never mistaken for our server
+    pid_start_ticks: int | None = None
+    log_path: str | None = None
+    started_at_unix: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Backend | None:
+        return None if d is None else cls(**d)
+
+
+@dataclass(frozen=True)
+class ServingState:
+    router_url: str | None
+    stable: Backend | None
+    canary: Backend | None
+    canary_weight_pct: int
+
+    @property
+    def stable_weight_pct(self) -> int:
+        return 100 - self.canary_weight_pct if self.canary is not None else 100
+
+
+@runtime_checkable
+class DeployTarget(Protocol):
+    """Every operation is idempotent: a retried Airflow task finds its earlier work and continues."""
+
+    def status(self) -> ServingState: ...
+
+    def ensure_stable(self, model: ModelRef) -> Backend:
+        """Serve `model` as stable with 100 % of the traffic (first deployment or a direct replacement)."""
+        ...
+
+    def start_canary(self, model: ModelRef, ready_timeout_s: float = 60.0) -> Backend:
+        """Start `model` beside the stable with 0 % traffic; DeployError (nothing left running) if not ready."""
+        ...
+
+    def set_canary_weight(self, pct: int) -> None: ...
+
+    def promote(self) -> Backend:
+        """Canary takes 100 % and becomes the stable; the old stable is drained, then stopped."""
+        ...
+
+    def rollback(self, reason: str) -> None:
+        """Stable takes 100 % at once; the canary is drained, then stopped."""
+        ...
+
+    def stop_all(self) -> None: ...

@@ -1,0 +1,317 @@
+"""The model server: one ONNX model behind FastAPI/uvicorn, with health, info, Prometheus metrics
+and a ring of recent request samples that the canary analysis reads.
+
+Run: python -m include.mlops.serving.server --model PATH --port P --model-name N --model-version V
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from include.mlops.data.schema import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, N_FEATURES, NUMERIC_FEATURES
+
+# FastAPI resolves handler annotations at runtime, so its types are imported at module level;
+# no DAG file imports this module (the deploy targets start it as a process).
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "probability"
+REQUIRED_FIELDS: tuple[str, ...] = (*NUMERIC_FEATURES, *BOOLEAN_FEATURES, *CATEGORICAL_FEATURES)
+MAX_RECORDS_PER_REQUEST = 10_000
+
+
+class ModelLoadError(Exception):
+    """The ONNX file cannot serve this project's features (unreadable, wrong input/output)."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_path: Path
+    model_name: str
+    model_version: str
+    image_digest: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ort_threads: int = 1
+    sample_ring_size: int = 20_000
+    graceful_shutdown_s: float = 30.0
+
+
+@dataclass
+class _ServerState:
+    """Mutable per-process state; only the event loop thread writes samples."""
+
+    session: Any = None
+    loaded_at: float | None = None
+    load_error: str | None = None
+    in_flight: int = 0
+    # (unix ts, latency_ms, status, mean prediction or None); deque append is O(1) and bounded
+    samples: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20_000))
+
+
+def load_session(model_path: Path, ort_threads: int) -> Any:
+    """Open the ONNX model and check it takes `features` [batch, N_FEATURES] and gives `probability`."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    # one uvicorn worker per process; threads beyond one fight the event loop on small models
+    opts.intra_op_num_threads = ort_threads
+    opts.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load ONNX model {model_path}: {exc}") from exc
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        raise ModelLoadError(
+            f"model {model_path} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+            f"the server needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r}"
+        )
+    shape = inputs[INPUT_NAME].shape
+    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != N_FEATURES):
+        raise ModelLoadError(
+            f"model {model_path} input {INPUT_NAME!r} has shape {shape}; expected [batch, {N_FEATURES}]"
+        )
+    return session
+
+
+def _encode(records: list[Any]) -> Any:
+    """Records -> float32 matrix, raising ValueError that names the record index and field."""
+    import numpy as np
+
+    out = np.zeros((len(records), N_FEATURES), dtype=np.float32)
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ValueError(f"records[{i}] is {type(rec).__name__}, expected an object of raw columns")
+        j = 0
+        try:
+            for col in NUMERIC_FEATURES:
+                out[i, j] = float(rec[col])
+                j += 1
+            for col in BOOLEAN_FEATURES:
+                out[i, j] = float(bool(rec[col]))
+                j += 1
+            for col, vocab in CATEGORICAL_FEATURES.items():
+                v = rec[col]
+                for val in vocab:
+                    out[i, j] = v == val
+                    j += 1
+        except KeyError as exc:
+            raise ValueError(
+                f"records[{i}] is missing field {exc.args[0]!r} (required: {list(REQUIRED_FIELDS)})"
+            ) from None
+        except (TypeError, ValueError):
+            bad = list(NUMERIC_FEATURES)[j] if j < len(NUMERIC_FEATURES) else "?"
+            raise ValueError(f"records[{i}] field {bad!r} is {rec.get(bad)!r}, expected a number") from None
+    return out
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """Build the FastAPI app; the model loads in a background thread so liveness answers at once."""
+    from contextlib import asynccontextmanager
+
+    import numpy as np
+    import prometheus_client
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    prometheus_client.disable_created_metrics()
+
+    state = _ServerState(samples=collections.deque(maxlen=config.sample_ring_size))
+    registry = CollectorRegistry()
+    labels = {"model_name": config.model_name, "model_version": config.model_version}
+    requests_total = Counter(
+        "predict_requests_total", "POST /predict requests by status code", ["status", *labels], registry=registry
+    )
+    latency_hist = Histogram(
+        "predict_latency_seconds",
+        "POST /predict handler latency",
+        list(labels),
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        registry=registry,
+    ).labels(**labels)
+    pred_hist = Histogram(
+        "prediction_probability",
+        "predicted fraud probability per record",
+        list(labels),
+        buckets=tuple(i / 10 for i in range(1, 11)),
+        registry=registry,
+    ).labels(**labels)
+    ready_gauge = Gauge("model_ready", "1 once the model is loaded", list(labels), registry=registry).labels(**labels)
+    counters: dict[int, Any] = {}
+    version_header = {"X-Model-Version": config.model_version}
+
+    def count(status: int) -> None:
+        c = counters.get(status)
+        if c is None:
+            c = counters[status] = requests_total.labels(status=str(status), **labels)
+        c.inc()
+
+    def load() -> None:
+        try:
+            state.session = load_session(config.model_path, config.ort_threads)
+            state.loaded_at = time.time()
+            ready_gauge.set(1)
+            log.info("model %s v%s loaded from %s", config.model_name, config.model_version, config.model_path)
+        except ModelLoadError as exc:
+            state.load_error = str(exc)
+            log.error("%s", exc)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        threading.Thread(target=load, name="model-load", daemon=True).start()
+        yield
+
+    app = FastAPI(title=f"model server {config.model_name}", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def finish(t0: float, status: int, mean_pred: float | None) -> None:
+        latency_s = time.perf_counter() - t0
+        state.samples.append((time.time(), latency_s * 1000.0, status, mean_pred))
+        latency_hist.observe(latency_s)
+        count(status)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        t0 = time.perf_counter()
+        state.in_flight += 1
+        try:
+            if state.session is None:
+                finish(t0, 503, None)
+                return JSONResponse({"detail": "model not loaded yet"}, status_code=503, headers=version_header)
+            try:
+                try:
+                    body = json.loads(await request.body())
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"body is not JSON ({exc}); send {{'records': [...]}}") from None
+                records = body["records"]
+                if not isinstance(records, list) or not records:
+                    raise ValueError("'records' must be a non-empty list of objects")
+                if len(records) > MAX_RECORDS_PER_REQUEST:
+                    raise ValueError(f"{len(records)} records in one request; the limit is {MAX_RECORDS_PER_REQUEST}")
+                x = _encode(records)
+            except (ValueError, KeyError, TypeError) as exc:
+                msg = "body must be JSON {'records': [...]}" if isinstance(exc, KeyError | TypeError) else str(exc)
+                finish(t0, 422, None)
+                return JSONResponse({"detail": msg}, status_code=422, headers=version_header)
+            try:
+                probs = state.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].reshape(-1)
+            except Exception as exc:  # noqa: BLE001 - any runtime failure of the graph is the model's fault: a 500
+                finish(t0, 500, None)
+                log.error("inference failed: %s", exc)
+                return JSONResponse(
+                    {"detail": f"inference failed: {str(exc)[:300]}"}, status_code=500, headers=version_header
+                )
+            mean = float(np.mean(probs))
+            for p in probs:
+                pred_hist.observe(float(p))
+            payload = {
+                "predictions": probs.tolist(),
+                "model_name": config.model_name,
+                "model_version": config.model_version,
+            }
+            finish(t0, 200, mean)
+            return Response(json.dumps(payload), media_type="application/json", headers=version_header)
+        finally:
+            state.in_flight -= 1
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/health/ready")
+    async def ready() -> Response:
+        if state.session is not None:
+            return JSONResponse({"status": "ready"})
+        body: dict[str, Any] = {"status": "loading" if state.load_error is None else "failed"}
+        if state.load_error:
+            body["load_error"] = state.load_error
+        return JSONResponse(body, status_code=503)
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        return {
+            "model_name": config.model_name,
+            "model_version": config.model_version,
+            "image_digest": config.image_digest,
+            "model_path": str(config.model_path),
+            "loaded_at": state.loaded_at,
+            "load_error": state.load_error,
+            "in_flight": state.in_flight,
+        }
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/samples")
+    async def samples(since: float = 0.0) -> dict[str, Any]:
+        # columnar: compact JSON and directly usable as arrays by the analysis
+        rows = [s for s in state.samples if s[0] >= since]
+        return {
+            "model_version": config.model_version,
+            "ts": [r[0] for r in rows],
+            "latency_ms": [r[1] for r in rows],
+            "status": [r[2] for r in rows],
+            "mean_prediction": [r[3] for r in rows],
+        }
+
+    app.state.server_state = state
+    return app
+
+
+def serve(config: ServerConfig) -> None:
+    """Run the app on uvicorn until SIGTERM/SIGINT; in-flight requests drain before exit."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        workers=1,
+        access_log=False,
+        log_level="info",
+        timeout_graceful_shutdown=int(config.graceful_shutdown_s),
+        server_header=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", required=True, type=Path, help="path of the ONNX model file")
+    p.add_argument("--port", required=True, type=int)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--model-version", required=True)
+    p.add_argument("--image-digest", default=None)
+    p.add_argument("--ort-threads", type=int, default=1)
+    p.add_argument("--graceful-shutdown-s", type=float, default=30.0)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    serve(
+        ServerConfig(
+            model_path=a.model,
+            model_name=a.model_name,
+            model_version=a.model_version,
+            image_digest=a.image_digest,
+            host=a.host,
+            port=a.port,
+            ort_threads=a.ort_threads,
+            graceful_shutdown_s=a.graceful_shutdown_s,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The model server as a real process: predict, 422s that name the field, health, info, metrics, samples,
+5xx from a model that fails at run time, readiness that never comes for a model that cannot load.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from include.mlops.deploy.local import free_port
+from tests.model_fixtures import build_faulty_model, build_logistic_model, build_unloadable_model, sample_records
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDS = sample_records(5, seed=3)
+
+
+def start_server(model: Path, version: str = "7") -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "include.mlops.serving.server", "--model", str(model), "--port", str(port),
+         "--model-name", "fraud", "--model-version", version, "--image-digest", "sha256:abc"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/health/live", timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def wait_ready(url: str, timeout_s: float = 20) -> int:
+    deadline = time.monotonic() + timeout_s
+    code = 0
+    while time.monotonic() < deadline:
+        code = httpx.get(f"{url}/health/ready", timeout=2).status_code
+        if code == 200:
+            break
+        time.sleep(0.05)
+    return code
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    proc, url = start_server(build_logistic_model(tmp_path / "m.onnx"))
+    assert wait_ready(url) == 200
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    # uvicorn re-raises the SIGTERM it handled after draining, so -SIGTERM is a clean exit too
+    assert proc.wait(15) in (0, -signal.SIGTERM)
+
+
+def test_predict_returns_probabilities_and_version_header(server: str):
+    r = httpx.post(f"{server}/predict", json={"records": RECORDS})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["predictions"]) == 5 and all(0 < p < 1 for p in body["predictions"])
+    assert body["model_version"] == "7" and r.headers["x-model-version"] == "7"
+
+
+def test_malformed_records_get_422_naming_the_missing_field(server: str):
+    rec = dict(RECORDS[0])
+    del rec["merchant_category"]
+    r = httpx.post(f"{server}/predict", json={"records": [RECORDS[1], rec]})
+    assert r.status_code == 422
+    assert "records[1]" in r.json()["detail"] and "'merchant_category'" in r.json()["detail"]
+    bad = dict(RECORDS[0], amount="lots")
+    assert "'amount'" in httpx.post(f"{server}/predict", json={"records": [bad]}).json()["detail"]
+    assert httpx.post(f"{server}/predict", json={"rows": []}).status_code == 422
+    assert httpx.post(f"{server}/predict", content=b"{not json").status_code == 422
+
+
+def test_info_metrics_and_samples_reflect_requests(server: str):
+    t0 = time.time()
+    for _ in range(3):
+        httpx.post(f"{server}/predict", json={"records": RECORDS})
+    httpx.post(f"{server}/predict", json={"records": [{}]})
+    info = httpx.get(f"{server}/info").json()
+    assert info["model_name"] == "fraud" and info["image_digest"] == "sha256:abc" and info["loaded_at"] > 0
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'predict_requests_total{model_name="fraud",model_version="7",status="200"} 3.0' in metrics
+    assert 'status="422"} 1.0' in metrics
+    assert "predict_latency_seconds_bucket" in metrics and "prediction_probability_count" in metrics
+    s = httpx.get(f"{server}/samples", params={"since": t0}).json()
+    assert s["status"] == [200, 200, 200, 422]
+    assert all(x > 0 for x in s["latency_ms"]) and s["mean_prediction"][3] is None
+    assert httpx.get(f"{server}/samples", params={"since": time.time() + 60}).json()["status"] == []
+
+
+def test_model_failing_at_run_time_answers_500(tmp_path: Path):
+    proc, url = start_server(build_faulty_model(tmp_path / "f.onnx"))
+    try:
+        assert wait_ready(url) == 200
+        r = httpx.post(f"{url}/predict", json={"records": RECORDS})
+        assert r.status_code == 500 and "inference failed" in r.json()["detail"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_unloadable_model_stays_unready_and_says_why(tmp_path: Path):
+    proc, url = start_server(build_unloadable_model(tmp_path / "b.onnx"))
+    try:
+        assert httpx.get(f"{url}/health/live").status_code == 200
+        time.sleep(0.5)
+        r = httpx.get(f"{url}/health/ready")
+        assert r.status_code == 503 and r.json()["status"] == "failed" and "cannot load" in r.json()["load_error"]
+        assert httpx.post(f"{url}/predict", json={"records": RECORDS}).status_code == 503
+    finally:
+        proc.kill()
+        proc.wait()
