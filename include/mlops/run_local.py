@@ -25,8 +25,8 @@ def _latest_run(dag_id: str) -> dict[str, str]:
         check=True,
         cwd=PROJECT_ROOT,
     )
-    start = out.stdout.find("[")
-    runs = json.loads(out.stdout[start:]) if start >= 0 else []
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("[")), "[]")
+    runs = json.loads(line)
     if not runs:
         raise RuntimeError(f"no run of {dag_id} found after `airflow dags test`")
     return dict(max(runs, key=lambda r: r.get("start_date") or ""))
@@ -83,11 +83,26 @@ def main() -> int:
         if version is not None:
             summary["model"] = f"{version.name} v{version.version}"
             summary["gate"] = version.tags.get("gate.decision", "?") + ": " + version.tags.get("gate.reason", "")
-    if (PROJECT_ROOT / "dags" / "release.py").exists() and summary.get("model"):
-        rc2, run2, _ = run_dag("release", {"model_name": settings.registered_model, "version": "challenger"})
+    if str(summary.get("gate", "")).startswith("passed"):
+        # short analysis steps for the demo; the DAG's defaults (10/25/50/100 %, 20 s) are for real releases
+        conf = {
+            "model_name": settings.registered_model,
+            "version": "challenger",
+            "steps_pct": [25, 50, 100],
+            "interval_s": 8,
+            "load_rps": 25,
+        }
+        rc2, run2, _ = run_dag("release", conf)
         summary["release_run_id"] = run2.get("run_id")
         summary["release_state"] = run2.get("state")
+        from include.mlops.releasing import serving_target
+
+        state = serving_target(settings).status()
+        if state.stable is not None:
+            summary["serving"] = f"v{state.stable.version} at {state.router_url}/predict (stops with `make down`)"
         rc = rc or rc2
+    elif summary.get("model"):
+        summary["release"] = "not started: the gate rejected the challenger"
 
     print("\n=== summary ===")
     for k, v in summary.items():

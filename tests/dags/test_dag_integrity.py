@@ -41,7 +41,13 @@ def test_no_deprecation_warnings_from_dag_files(dagbag) -> None:  # type: ignore
 
 
 def test_no_airflow2_imports_in_dag_files() -> None:
-    legacy = ("airflow.operators.", "airflow.decorators", "airflow.models.dag", "airflow.datasets", "airflow.models.param")
+    legacy = (
+        "airflow.operators.",
+        "airflow.decorators",
+        "airflow.models.dag",
+        "airflow.datasets",
+        "airflow.models.param",
+    )
     for path in DAG_FILES:
         text = path.read_text()
         for mod in legacy:

@@ -129,6 +129,7 @@ class MlflowRegistry:
                 name="model",
                 signature=signature,
                 input_example=example,
+                save_as_external_data=False,  # one self-contained file for servers and image builds
             )
             return str(run.info.run_id)
 
@@ -211,15 +212,15 @@ class MlflowRegistry:
         import mlflow
 
         dst.mkdir(parents=True, exist_ok=True)
-        cached = dst / "model.onnx"
-        if cached.exists():
-            return cached
+        cached = sorted(dst.rglob("*.onnx"))
+        if cached:
+            return cached[0]
+        # resolve models:/ through *this* registry (the process-wide default may point elsewhere)
+        source = self.client.get_model_version_download_uri(ref.name, ref.version)
         local = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst), tracking_uri=self.tracking_uri)
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri)
         )
         found = sorted(local.rglob("*.onnx"))
         if not found:
             raise FileNotFoundError(f"model {ref.name} v{ref.version}: no .onnx file in {ref.uri}")
-        if found[0] != cached:
-            found[0].replace(cached)
-        return cached
+        return found[0]  # left in place: an ONNX file may reference external data beside it
