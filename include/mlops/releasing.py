@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -238,7 +239,8 @@ def _replay_records(settings: ProjectSettings, n: int = 200) -> list[dict[str, A
 
     df = read_batch(latest_batch(settings.landing_dir))
     cols = [*NUMERIC_FEATURES, *BOOLEAN_FEATURES, *CATEGORICAL_FEATURES]
-    sample = df.loc[holdout_mask(df.head(5 * n), 0.2), cols].head(n)
+    head = df.head(5 * n)
+    sample = head.loc[holdout_mask(head, 0.2), cols].head(n)
     return json.loads(sample.to_json(orient="records"))
 
 
@@ -260,9 +262,15 @@ def analyse(
 
     def on_step(step: Any) -> None:
         s = step.to_json()
-        log(f"step {s.get('canary_weight_pct', '?')} %: {s.get('verdict')}: {s.get('reasons')}")
+        log(
+            f"step {s.get('weight_pct')} %: {s.get('verdict')} (stable n={s.get('n_stable')}, "
+            f"canary n={s.get('n_canary')}, p99 {s.get('latency_p99_stable_ms')} vs "
+            f"{s.get('latency_p99_canary_ms')} ms, errors {s.get('error_rate_stable')} vs "
+            f"{s.get('error_rate_canary')}, drift KS {s.get('prediction_drift_ks')}): {list(s.get('reasons', ()))}"
+        )
 
-    load = LoadGenerator(f"{router_url}/predict", _replay_records(settings), rps=params.load_rps)
+    stop = threading.Event()  # bounded: the generator stops when the analysis loop ends
+    load = LoadGenerator(router_url, _replay_records(settings), rps=params.load_rps, stop_event=stop)
     with load:
         outcome = run_canary(
             target,

@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     elif cmd[0] == "ui":
         start_ui()
     elif cmd[0] == "down":
+        from include.mlops.deploy.local import LocalProcessTarget
+
+        for state in sorted(s.serving_root.glob("*/state.json")):
+            LocalProcessTarget(state.parent, python_executable=sys.executable).stop_all()
+            print(f"stopped serving {state.parent.name}")
         _stop(LOCAL_DIR / "airflow-standalone.pid", "airflow standalone")
         _stop(LOCAL_DIR / "mlflow" / "server.pid", "mlflow server")
     elif cmd[0] == "env":
