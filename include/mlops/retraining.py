@@ -141,7 +141,7 @@ def evaluate(
     df = read_batch(Path(validation["batch_path"]))
     registry = MlflowRegistry(settings.mlflow_tracking_uri)
     champ_ref = registry.get_alias(settings.registered_model, CHAMPION)
-    models = {"challenger": Path(trained["model_onnx_path"])}
+    models: dict[str, str | Path] = {"challenger": Path(trained["model_onnx_path"])}
     if champ_ref is not None:
         dst = settings.runs_dir / ident.safe_name / f"champion-v{champ_ref.version}"
         models["champion"] = registry.download_onnx(champ_ref, dst)

@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from include.mlops import stack
 from include.mlops.settings.project import PROJECT_ROOT, ProjectSettings
 
 
-def _latest_run(dag_id: str) -> dict[str, str]:
+def _latest_run(dag_id: str) -> dict[str, Any]:
     out = subprocess.run(
         [str(stack.VENV_BIN / "airflow"), "dags", "list-runs", dag_id, "-o", "json"],
         env=stack.airflow_env(),
@@ -29,10 +30,11 @@ def _latest_run(dag_id: str) -> dict[str, str]:
     runs = json.loads(line)
     if not runs:
         raise RuntimeError(f"no run of {dag_id} found after `airflow dags test`")
-    return dict(max(runs, key=lambda r: r.get("start_date") or ""))
+    latest: dict[str, Any] = max(runs, key=lambda r: r.get("start_date") or "")
+    return latest
 
 
-def run_dag(dag_id: str, conf: dict[str, object]) -> tuple[int, dict[str, str], float]:
+def run_dag(dag_id: str, conf: dict[str, object]) -> tuple[int, dict[str, Any], float]:
     log_dir = stack.LOCAL_DIR / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{dag_id}-{int(time.time())}.log"

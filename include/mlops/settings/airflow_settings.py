@@ -93,7 +93,7 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
+    mapping: dict[str, Any] = {str(k): v for k, v in loader.construct_mapping(node, deep=True).items()}
     mapping["__line__"] = node.start_mark.line + 1
     return mapping
 
@@ -171,8 +171,8 @@ def load_airflow_settings(path: str | Path) -> AirflowSettings:
     connections: list[ConnectionSpec] = []
     for i, raw in enumerate(section("connections")):
         where = _where(path, raw if isinstance(raw, dict) else {}, "connections", i)
-        e = _check_keys(raw, _CONNECTION_KEYS, {"conn_id", "conn_type"}, where)
-        extra = e.get("conn_extra")
+        entry = _check_keys(raw, _CONNECTION_KEYS, {"conn_id", "conn_type"}, where)
+        extra = entry.get("conn_extra")
         if isinstance(extra, str) and extra.strip():
             try:
                 extra = json.loads(extra)
@@ -180,47 +180,47 @@ def load_airflow_settings(path: str | Path) -> AirflowSettings:
                 raise SettingsError(f"{where}: conn_extra is not valid JSON: {exc}") from exc
         if extra is not None and not isinstance(extra, (dict, str)):
             raise SettingsError(f"{where}: conn_extra must be a mapping or a JSON string")
-        port = e.get("conn_port")
+        port = entry.get("conn_port")
         connections.append(
             ConnectionSpec(
-                conn_id=str(e["conn_id"]),
-                conn_type=str(e["conn_type"]),
-                host=_opt_str(e.get("conn_host"), "conn_host", where),
-                schema=_opt_str(e.get("conn_schema"), "conn_schema", where),
-                login=_opt_str(e.get("conn_login"), "conn_login", where),
-                password=_opt_str(e.get("conn_password"), "conn_password", where),
+                conn_id=str(entry["conn_id"]),
+                conn_type=str(entry["conn_type"]),
+                host=_opt_str(entry.get("conn_host"), "conn_host", where),
+                schema=_opt_str(entry.get("conn_schema"), "conn_schema", where),
+                login=_opt_str(entry.get("conn_login"), "conn_login", where),
+                password=_opt_str(entry.get("conn_password"), "conn_password", where),
                 port=None if port in (None, "") else _int(port, "conn_port", where, 1),
                 extra=_strip_lines(extra) if isinstance(extra, dict) else {},
-                description=_opt_str(e.get("conn_description"), "conn_description", where),
+                description=_opt_str(entry.get("conn_description"), "conn_description", where),
             )
         )
     pools: list[PoolSpec] = []
     for i, raw in enumerate(section("pools")):
         where = _where(path, raw if isinstance(raw, dict) else {}, "pools", i)
-        e = _check_keys(raw, _POOL_KEYS, {"pool_name", "pool_slot"}, where)
-        deferred = e.get("pool_include_deferred", False)
+        entry = _check_keys(raw, _POOL_KEYS, {"pool_name", "pool_slot"}, where)
+        deferred = entry.get("pool_include_deferred", False)
         if not isinstance(deferred, bool):
             raise SettingsError(f"{where}: pool_include_deferred must be true or false, got {deferred!r}")
         pools.append(
             PoolSpec(
-                name=str(e["pool_name"]),
-                slots=_int(e["pool_slot"], "pool_slot", where, 0),
-                description=_opt_str(e.get("pool_description"), "pool_description", where) or "",
+                name=str(entry["pool_name"]),
+                slots=_int(entry["pool_slot"], "pool_slot", where, 0),
+                description=_opt_str(entry.get("pool_description"), "pool_description", where) or "",
                 include_deferred=deferred,
             )
         )
     variables: list[VariableSpec] = []
     for i, raw in enumerate(section("variables")):
         where = _where(path, raw if isinstance(raw, dict) else {}, "variables", i)
-        e = _check_keys(raw, _VARIABLE_KEYS, {"variable_name"}, where)
-        value = e.get("variable_value")
+        entry = _check_keys(raw, _VARIABLE_KEYS, {"variable_name"}, where)
+        value = entry.get("variable_value")
         if isinstance(value, (dict, list)):
             value = json.dumps(_strip_lines(value))
         variables.append(
             VariableSpec(
-                key=str(e["variable_name"]),
+                key=str(entry["variable_name"]),
                 value="" if value is None else str(value),
-                description=_opt_str(e.get("variable_description"), "variable_description", where),
+                description=_opt_str(entry.get("variable_description"), "variable_description", where),
             )
         )
     for kind, names in (
@@ -246,7 +246,7 @@ def apply_airflow_settings(settings: AirflowSettings) -> ApplyReport:
     unchanged: list[str] = []
     with create_session() as session:
         for c in settings.connections:
-            want = {
+            want: dict[str, Any] = {
                 "conn_type": c.conn_type,
                 "host": c.host,
                 "schema": c.schema,
@@ -262,33 +262,33 @@ def apply_airflow_settings(settings: AirflowSettings) -> ApplyReport:
                 session.add(Connection(conn_id=c.conn_id, **want))
                 created.append(label)
             elif {k: getattr(row, k) for k in want} != want:
-                for k, v in want.items():
-                    setattr(row, k, v)
+                for key, val in want.items():
+                    setattr(row, key, val)
                 updated.append(label)
             else:
                 unchanged.append(label)
         for p in settings.pools:
-            row = session.query(Pool).filter(Pool.pool == p.name).one_or_none()
+            pool_row = session.query(Pool).filter(Pool.pool == p.name).one_or_none()
             label = f"pool:{p.name}"
             want_pool = {"slots": p.slots, "description": p.description, "include_deferred": p.include_deferred}
-            if row is None:
+            if pool_row is None:
                 session.add(Pool(pool=p.name, **want_pool))
                 created.append(label)
-            elif {k: getattr(row, k) for k in want_pool} != want_pool:
-                for k, v in want_pool.items():
-                    setattr(row, k, v)
+            elif {k: getattr(pool_row, k) for k in want_pool} != want_pool:
+                for key, pool_val in want_pool.items():
+                    setattr(pool_row, key, pool_val)
                 updated.append(label)
             else:
                 unchanged.append(label)
-        for v in settings.variables:
-            row = session.query(Variable).filter(Variable.key == v.key).one_or_none()
-            label = f"variable:{v.key}"
-            if row is None:
-                session.add(Variable(key=v.key, val=v.value, description=v.description))
+        for var in settings.variables:
+            var_row = session.query(Variable).filter(Variable.key == var.key).one_or_none()
+            label = f"variable:{var.key}"
+            if var_row is None:
+                session.add(Variable(key=var.key, val=var.value, description=var.description))
                 created.append(label)
-            elif row.val != v.value or row.description != v.description:
-                row.val = v.value
-                row.description = v.description
+            elif var_row.val != var.value or var_row.description != var.description:
+                var_row.val = var.value
+                var_row.description = var.description
                 updated.append(label)
             else:
                 unchanged.append(label)
