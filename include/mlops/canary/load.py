@@ -2,6 +2,13 @@
 
 Used where no real traffic exists (local profile, tests, benchmarks) so a canary step has
 requests to judge; records what each request got back and which model version served it.
+
+Each weight step is a graceful Caddy config reload, and a reload closes the idle keep-alive
+connections of the old server. A request written onto such a connection at that instant is reset
+before the server reads it (measured: 24 of 2,927 requests at 150 rps across 234 reloads). As
+RFC 9112 section 9.3.1 allows for idempotent requests, and as Go's and browsers' HTTP clients do, a
+prediction (a pure function of its input) that got no response at all is retried once on a new
+connection; the retry is recorded in `attempts` so analysis and tests can see it.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ class RequestResult:
     latency_ms: float
     served_version: str | None
     error: str | None = None
+    attempts: int = 1  # 2: the first try got no response (connection closed under it) and was retried
 
 
 class LoadGenerator:
@@ -92,15 +100,7 @@ class LoadGenerator:
                 batch = next(batches)
                 started = time.time()
                 t0 = time.perf_counter()
-                try:
-                    r = client.post(self.url, json={"records": batch})
-                    res = RequestResult(
-                        started, r.status_code, (time.perf_counter() - t0) * 1000, r.headers.get("x-model-version")
-                    )
-                except httpx.HTTPError as exc:
-                    res = RequestResult(
-                        started, 0, (time.perf_counter() - t0) * 1000, None, f"{type(exc).__name__}: {exc}"
-                    )
+                res = self._send(client, batch, started, t0)
                 with self._lock:
                     self._results.append(res)
                 next_at += period
@@ -110,3 +110,35 @@ class LoadGenerator:
                     self.stop_event.wait(delay)
                 else:
                     next_at = time.monotonic()
+
+    def _send(self, client: Any, batch: list[dict[str, Any]], started: float, t0: float) -> RequestResult:
+        import httpx
+
+        # errors where no byte of a response arrived: the server never handled the request
+        unanswered = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                r = client.post(self.url, json={"records": batch})
+                return RequestResult(
+                    started,
+                    r.status_code,
+                    (time.perf_counter() - t0) * 1000,
+                    r.headers.get("x-model-version"),
+                    attempts=attempts,
+                )
+            except unanswered as exc:
+                if attempts < 2:
+                    continue
+                error: Exception = exc
+            except httpx.HTTPError as exc:  # timeouts: the server may have done the work; no retry
+                error = exc
+            return RequestResult(
+                started,
+                0,
+                (time.perf_counter() - t0) * 1000,
+                None,
+                f"{type(error).__name__}: {error}",
+                attempts=attempts,
+            )
