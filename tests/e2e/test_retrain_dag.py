@@ -1,0 +1,103 @@
+"""The retrain DAG end to end: real GX, real training process, real MLflow server, real Airflow runs.
+
+The runs build on each other (one deployment per module, in order): a first model, a drifted
+batch that must stop at validation, a better model gated against a champion, and a challenger
+the gate must reject.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from include.mlops.assets import MODEL_CHALLENGER_READY
+from include.mlops.registry.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
+from tests.e2e.conftest import Deployment
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+DOWNSTREAM_OF_VALIDATION = ("route", "train", "evaluate", "register", "publish_challenger")
+
+
+def _versions(dep: Deployment) -> list:
+    client = MlflowRegistry(dep.mlflow_uri).client
+    return sorted(client.search_model_versions(f"name='{dep.model_name}'"), key=lambda v: int(v.version))
+
+
+def test_first_run_validates_trains_registers_and_publishes_the_challenger(deployment: Deployment) -> None:
+    batch = deployment.write_batch("2026-11-02", n_rows=12_000, seed=11)
+    run = deployment.dags_test("retrain", {"batch_path": str(batch), "epochs": 1})
+
+    assert run.state == "success", run.explain()
+    assert set(run.tasks.values()) == {"success"}, run.explain()
+    versions = _versions(deployment)
+    assert [v.version for v in versions] == ["1"]
+    v1 = versions[0]
+    reg = MlflowRegistry(deployment.mlflow_uri)
+    assert reg.get_alias(deployment.model_name, CHALLENGER).version == "1"
+    assert v1.tags["airflow.run_key"] == f"retrain/{run.run_id}"
+    assert v1.tags["gate.decision"] == "passed" and v1.tags["gate.champion_value"] == "none"
+    # lineage on the MLflow run: data fingerprint, validation summary, placement, per-epoch metrics
+    mrun = reg.client.get_run(v1.run_id)
+    assert len(mrun.data.tags["data.fingerprint"]) >= 16
+    assert mrun.data.tags["validation.success"] == "True"
+    assert mrun.data.tags["placement.target"] in {"local-process", "local_process", "local"}
+    assert mrun.data.tags["airflow.run_id"] == run.run_id
+    assert reg.client.get_metric_history(v1.run_id, "train_loss"), "per-epoch metrics were not logged"
+    # the gate passed: the release DAG's asset got an event naming the version
+    events = deployment.asset_events(MODEL_CHALLENGER_READY)
+    assert events[-1] == {"model_name": deployment.model_name, "version": "1"}
+    # the GX report is kept: Data Docs HTML and the JSON result
+    reports = deployment.data_root / "reports"
+    assert list(reports.rglob("*.json")) and list(reports.rglob("index.html"))
+
+
+def test_a_drifted_batch_stops_at_validation_and_registers_nothing(deployment: Deployment) -> None:
+    n_events = len(deployment.asset_events(MODEL_CHALLENGER_READY))
+    batch = deployment.write_batch("2026-11-09", n_rows=12_000, seed=12, drift=0.8)
+    run = deployment.dags_test("retrain", {"batch_path": str(batch), "epochs": 1})
+
+    assert run.state == "failed", run.explain()
+    assert run.tasks["validate_data"] == "failed", run.explain()
+    for task_id in DOWNSTREAM_OF_VALIDATION:
+        assert run.tasks[task_id] == "upstream_failed", (task_id, run.explain())
+    # the log names the failed expectations, their columns and observed values, and the report
+    assert "failed of" in run.log and "expectations" in run.log
+    assert "amount" in run.log and "observed" in run.log.lower()
+    assert "data docs:" in run.log
+    assert [v.version for v in _versions(deployment)] == ["1"]
+    assert len(deployment.asset_events(MODEL_CHALLENGER_READY)) == n_events
+
+
+def test_a_better_model_moves_challenger_and_is_gated_against_the_champion(deployment: Deployment) -> None:
+    reg = MlflowRegistry(deployment.mlflow_uri)
+    reg.set_alias(deployment.model_name, CHAMPION, "1")  # what a release of v1 leaves behind
+    batch = deployment.write_batch("2026-11-16", n_rows=12_000, seed=13)
+    run = deployment.dags_test("retrain", {"batch_path": str(batch), "epochs": 6})
+
+    assert run.state == "success", run.explain()
+    v2 = _versions(deployment)[-1]
+    assert v2.version == "2"
+    assert reg.get_alias(deployment.model_name, CHALLENGER).version == "2"
+    assert reg.get_alias(deployment.model_name, CHAMPION).version == "1"  # only a release moves it
+    challenger, champion = float(v2.tags["gate.challenger_value"]), float(v2.tags["gate.champion_value"])
+    # both scored on the same holdout rows of this batch; 6 epochs beat 1 epoch here
+    assert challenger > champion, v2.tags
+    assert v2.tags["gate.decision"] == "passed", v2.tags
+    assert run.tasks["publish_challenger"] == "success"
+    assert "champion v1 on the same holdout" in run.log
+
+
+def test_a_challenger_short_of_the_required_improvement_is_rejected(deployment: Deployment) -> None:
+    n_events = len(deployment.asset_events(MODEL_CHALLENGER_READY))
+    batch = deployment.write_batch("2026-11-23", n_rows=12_000, seed=14)
+    run = deployment.dags_test(
+        "retrain", {"batch_path": str(batch), "epochs": 1, "gate_metric": "auc", "gate_min_improvement": 0.5}
+    )
+
+    assert run.state == "success", run.explain()  # a rejected challenger is a result, not a failure
+    assert run.tasks["register"] == "success"
+    assert run.tasks["publish_challenger"] == "skipped", run.explain()
+    v3 = _versions(deployment)[-1]
+    assert v3.version == "3" and v3.tags["gate.decision"] == "rejected", v3.tags
+    assert "gate rejected v3" in run.log
+    assert len(deployment.asset_events(MODEL_CHALLENGER_READY)) == n_events
