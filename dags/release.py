@@ -124,12 +124,15 @@ def release() -> None:
         return releasing.promote(ProjectSettings.from_airflow(), plan)
 
     @task(trigger_rule=TriggerRule.ONE_FAILED, retries=3)
-    def rollback(plan: dict) -> None:
+    def rollback(ti=None) -> None:  # type: ignore[no-untyped-def]
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.mlops import releasing
         from include.mlops.settings.project import ProjectSettings
 
+        plan = ti.xcom_pull(task_ids="check_params")
+        if plan is None:  # fail (not skip): a skipped leaf would mark the run successful
+            raise AirflowFailException("release refused at check_params: nothing was built or deployed")
         done = releasing.rollback_release(ProjectSettings.from_airflow(), plan)
         # the run must end failed: the release did not happen, whatever the rollback achieved
         raise AirflowFailException(f"release of v{plan['version']} failed; serving stays on v{done['stable']}")
@@ -142,7 +145,7 @@ def release() -> None:
     promoted = promote(plan)
     branch >> [approve, promoted]
     approve >> promoted
-    [deployed, analysis, approve, promoted] >> rollback(plan)
+    [deployed, analysis, approve, promoted] >> rollback()
 
 
 release()

@@ -34,6 +34,14 @@ os.environ.update(
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The throwaway Airflow home goes with the session (pytest's own tmp_path keeps its last 3)."""
+    import shutil
+
+    if not hasattr(session.config, "workerinput"):
+        shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -262,11 +262,17 @@ def analyse(
 
     def on_step(step: Any) -> None:
         s = step.to_json()
+
+        def num(key: str, fmt: str = ".1f") -> str:
+            v = s.get(key)
+            return format(v, fmt) if isinstance(v, int | float) else str(v)
+
         log(
             f"step {s.get('weight_pct')} %: {s.get('verdict')} (stable n={s.get('n_stable')}, "
-            f"canary n={s.get('n_canary')}, p99 {s.get('latency_p99_stable_ms')} vs "
-            f"{s.get('latency_p99_canary_ms')} ms, errors {s.get('error_rate_stable')} vs "
-            f"{s.get('error_rate_canary')}, drift KS {s.get('prediction_drift_ks')}): {list(s.get('reasons', ()))}"
+            f"canary n={s.get('n_canary')}; p99 {num('latency_p99_stable_ms')} vs "
+            f"{num('latency_p99_canary_ms')} ms; errors {num('error_rate_stable', '.3f')} vs "
+            f"{num('error_rate_canary', '.3f')}; drift KS {num('prediction_drift_ks', '.3f')}): "
+            f"{'; '.join(s.get('reasons') or ()) or 'within thresholds'}"
         )
 
     stop = threading.Event()  # bounded: the generator stops when the analysis loop ends
