@@ -1,8 +1,10 @@
 """Choose where a task runs: GPU-type preference first, then fragmentation-aware packing.
 
-Scoring follows FGD (Weng et al., ATC'23): put the task where it raises the expected
-unusable GPU capacity (for the workload mix) the least, so whole nodes stay free for
-large jobs; ties go to the best fit. The local machine is a last resort, only if allowed.
+Among equally preferred GPU types the one with the larger free share wins, so a scarce type
+stays free for the tasks that accept only it. Within a type, scoring follows FGD (Weng et al.,
+ATC'23): put the task where it raises the expected unusable GPU capacity (for the workload mix)
+the least, so whole nodes stay free for large jobs; ties go to the best fit. The local machine
+is a last resort, only if allowed.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import dataclasses
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 from include.mlops.errors import PlacementError
 from include.mlops.routing.model import (
@@ -48,6 +51,10 @@ class RouterConfig:
     recheck_min_s: float = 15.0
     recheck_max_s: float = 120.0
     workload: tuple[TaskShape, ...] = field(default=TRACE_WORKLOAD)
+    # Equally preferred GPU types: the one with the larger free share wins, compared in steps of
+    # this many percent (within a step, packing decides). Without it, best-fit and FGD drain the
+    # small single-GPU nodes first and tasks that accept only that type find them full.
+    type_balance_step_pct: float = 5.0
 
     def bind_delay(self, target: str) -> float:
         return dict(self.bind_delay_s).get(target, 30.0)
@@ -123,18 +130,58 @@ def _fragmentation(free: tuple[int, ...], cpu_m: int, mem_mib: int, workload: tu
     return frag / weight if weight else 0.0
 
 
+def type_free_pct(nodes: Iterable[NodeCapacity]) -> dict[str, float]:
+    """Free share of each GPU type's capacity on schedulable nodes, in percent (MIG slices count)."""
+    free: dict[str, float] = {}
+    total: dict[str, float] = {}
+    for n in nodes:
+        if n.gpu_type is None or not n.schedulable:
+            continue
+        f = float(sum(n.gpu_free_milli))
+        t = float(len(n.gpu_free_milli) * FULL_GPU_MILLI)
+        if n.mig_free or n.mig_allocatable:
+            f += sum(mig_fraction_milli(p, n.gpu_type) * c for p, c in n.mig_free)
+            t += sum(mig_fraction_milli(p, n.gpu_type) * c for p, c in n.mig_allocatable or n.mig_free)
+        free[n.gpu_type] = free.get(n.gpu_type, 0.0) + f
+        total[n.gpu_type] = total.get(n.gpu_type, 0.0) + t
+    return {k: 100.0 * free[k] / total[k] if total[k] else 0.0 for k in total}
+
+
 # --- one node ------------------------------------------------------------------------------
+
+
+class _Score(NamedTuple):
+    """Lexicographic: lower is better, field by field."""
+
+    local: float  # the local machine only when nothing else fits
+    rank: float  # GPU-type preference index
+    penalty: float  # a fraction wasting an exclusive device, a CPU-only task on a GPU node
+    type_abundance: float  # minus the GPU type's free share in balance steps: more free first
+    frag_delta_milli: float  # FGD: expected unusable GPU milli this placement adds
+    mig_waste_milli: float
+    gpu_left_milli: float  # best fit
+    cpu_left_millicores: float
 
 
 @dataclass(frozen=True)
 class _Candidate:
     node: NodeCapacity
     claim: Claim
-    key: tuple[float, ...]  # lower is better
-    frag_delta_milli: float
-    rank: int
-    local: bool
+    key: _Score
+    type_free_pct: float | None  # the GPU type's free share when the type balance applied
     note: str  # e.g. "fraction on an exclusive device wastes 190 milli"
+
+    @property
+    def rank(self) -> int:
+        return int(self.key.rank)
+
+    @property
+    def local(self) -> bool:
+        return bool(self.key.local)
+
+    @property
+    def frag_delta_milli(self) -> float:
+        return self.key.frag_delta_milli
 
 
 def _blocking_taints(node: NodeCapacity, req: TaskRequest, cfg: RouterConfig) -> list[str]:
@@ -142,7 +189,9 @@ def _blocking_taints(node: NodeCapacity, req: TaskRequest, cfg: RouterConfig) ->
     return [t.key for t in node.taints if t.effect in _BLOCKING_EFFECTS and t.key not in ok]
 
 
-def _evaluate(node: NodeCapacity, req: TaskRequest, cfg: RouterConfig) -> _Candidate | str:
+def _evaluate(
+    node: NodeCapacity, req: TaskRequest, cfg: RouterConfig, free_pct_by_type: Mapping[str, float]
+) -> _Candidate | str:
     """A scored candidate on this node, or why the task cannot go there now."""
     if not node.schedulable:
         return node.unschedulable_reason or "node is not schedulable"
@@ -209,13 +258,19 @@ def _evaluate(node: NodeCapacity, req: TaskRequest, cfg: RouterConfig) -> _Candi
     cpu_after = node.cpu_free_millicores - req.cpu_millicores
     mem_after = node.memory_free_mib - req.memory_mib
     wl = cfg.workload
+    left = sum(after)
     delta = _fragmentation(tuple(sorted(after)), cpu_after, mem_after, wl) - _fragmentation(
         tuple(sorted(free)), node.cpu_free_millicores, node.memory_free_mib, wl
     )
-    local = node.target == "local"
+    pct: float | None = None
+    abundance = 0.0
+    if req.needs_gpu and node.gpu_type is not None and cfg.type_balance_step_pct > 0:
+        pct = free_pct_by_type.get(node.gpu_type, 0.0)
+        abundance = -float(math.floor(pct / cfg.type_balance_step_pct))
     claim = Claim(node.name, tuple(taken), mig, req.cpu_millicores, req.memory_mib)
-    key = (float(local), float(rank), penalty, round(delta, 3), float(waste), float(sum(after)), float(cpu_after))
-    return _Candidate(node, claim, key, delta, rank, local, note)
+    key = _Score(float(node.target == "local"), float(rank), penalty, abundance, round(delta, 3), float(waste),
+                 float(left), float(cpu_after))  # fmt: skip
+    return _Candidate(node, claim, key, pct, note)
 
 
 def apply_claims(snapshot: CapacitySnapshot, claims: Iterable[Claim]) -> CapacitySnapshot:
@@ -273,6 +328,7 @@ def place_task(
     groups: dict[tuple[str, str, str | None], list[NodeCapacity]] = {}
     for n in snap.nodes:
         groups.setdefault((n.target, n.node_pool, n.gpu_type), []).append(n)
+    free_pct = type_free_pct(snap.nodes) if request.needs_gpu else {}
 
     best: _Candidate | None = None
     group_best: dict[tuple[str, str, str | None], _Candidate] = {}
@@ -283,26 +339,29 @@ def place_task(
         if gk[0] == "local" and not request.allow_local:
             continue
         reasons: Counter[str] = Counter()
+        top: tuple[_Score, str, _Candidate, NodeCapacity] | None = None
         for n in nodes:
             # identical nodes score identically: evaluate each distinct state once
             sig = (n.node_pool, n.gpu_type, n.gpu_sharing, n.gpu_free_milli, n.mig_free, n.cpu_free_millicores,
                    n.memory_free_mib, n.schedulable, n.unschedulable_reason, n.taints, n.target)  # fmt: skip
             res = evaluated.get(sig)
             if res is None:
-                res = _evaluate(n, request, config)
+                res = _evaluate(n, request, config, free_pct)
                 evaluated[sig] = res
             if isinstance(res, str):
                 reasons[res] += 1
                 continue
-            if res.node is not n:
-                res = dataclasses.replace(res, node=n, claim=dataclasses.replace(res.claim, node_name=n.name))
             group_feasible[gk] += 1
-            gb = group_best.get(gk)
-            if gb is None or (res.key, n.name) < (gb.key, gb.node.name):
-                group_best[gk] = res
+            if top is None or (res.key, n.name) < top[:2]:
+                top = (res.key, n.name, res, n)
         group_reasons[gk] = reasons
-        gb = group_best.get(gk)
-        if gb is not None and (best is None or (gb.key, gb.node.name) < (best.key, best.node.name)):
+        if top is None:
+            continue
+        _, _, gb, n = top
+        if gb.node is not n:  # a cached twin's score: rebind it to this node once, not per node
+            gb = dataclasses.replace(gb, node=n, claim=dataclasses.replace(gb.claim, node_name=n.name))
+        group_best[gk] = gb
+        if best is None or (gb.key, gb.node.name) < (best.key, best.node.name):
             best = gb
 
     verdicts = _verdicts(request, groups, group_best, group_feasible, group_reasons, best)
@@ -337,6 +396,8 @@ def _verdicts(
         others = "".join(f"; {c} other node(s): {r}" for r, c in rest.most_common(2))
         if gb is best:
             why = f"best node {gb.node.name}: fragmentation {gb.frag_delta_milli:+.0f} milli"
+            if gb.type_free_pct is not None:
+                why += f"; {gb.node.gpu_type} {gb.type_free_pct:.0f} % free"
             if gb.note:
                 why += f"; {gb.note}"
             out.append(PoolVerdict(target, pool, gtype, len(nodes), feas, "chosen", why + others))
@@ -353,16 +414,24 @@ def _why_lost(req: TaskRequest, c: _Candidate, best: _Candidate) -> str:
             f"GPU type {c.node.gpu_type} is preference #{c.rank + 1}; "
             f"#{best.rank + 1} {best.node.gpu_type} fits in pool {best.node.node_pool}"
         )
-    if c.key[2] != best.key[2]:
+    if c.key.penalty != best.key.penalty:
         return c.note or "penalised placement"
-    if c.key[3] != best.key[3]:
+    if c.key.type_abundance != best.key.type_abundance:
+        return (
+            f"GPU type {c.node.gpu_type} is {c.type_free_pct or 0:.0f} % free vs {best.type_free_pct or 0:.0f} % "
+            f"for {best.node.gpu_type}, equally preferred: the scarcer type stays free for tasks that need it"
+        )
+    if c.key.frag_delta_milli != best.key.frag_delta_milli:
         return (
             f"fragmentation {c.frag_delta_milli:+.0f} milli on {c.node.name} vs "
             f"{best.frag_delta_milli:+.0f} on {best.node.name} (keeps room for larger jobs)"
         )
-    if c.key[4] != best.key[4]:
-        return f"MIG slice wastes {c.key[4]:.0f} milli vs {best.key[4]:.0f}"
-    return f"leaves {c.key[5]:.0f} GPU milli free vs {best.key[5]:.0f} on {best.node.name} (best fit)"
+    if c.key.mig_waste_milli != best.key.mig_waste_milli:
+        return f"MIG slice wastes {c.key.mig_waste_milli:.0f} milli vs {best.key.mig_waste_milli:.0f}"
+    return (
+        f"leaves {c.key.gpu_left_milli:.0f} GPU milli free vs {best.key.gpu_left_milli:.0f} "
+        f"on {best.node.name} (best fit)"
+    )
 
 
 def _placement(req: TaskRequest, c: _Candidate, verdicts: tuple[PoolVerdict, ...], cfg: RouterConfig) -> Placement:

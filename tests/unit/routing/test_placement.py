@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +18,14 @@ from include.mlops.routing.model import (
     TaskRequest,
     WaitDecision,
 )
-from include.mlops.routing.placement import apply_claims, place_task, type_rank
+from include.mlops.routing.placement import (
+    DEFAULT_CONFIG,
+    RouterConfig,
+    apply_claims,
+    place_task,
+    type_free_pct,
+    type_rank,
+)
 
 A100 = "NVIDIA-A100-SXM4-80GB"
 T4 = "Tesla-T4"
@@ -239,3 +249,84 @@ def test_every_rejected_group_names_its_reason(cluster, req):
         assert v.reason.strip(), v
         if v.outcome == "infeasible":
             assert "node(s):" in v.reason
+
+
+# --- type balance: equally preferred types -----------------------------------------------------
+
+V100 = "Tesla-V100-SXM2-32GB"
+A10 = "NVIDIA-A10"
+
+
+def _fill(cluster: CapacitySnapshot, reqs: list[TaskRequest], config: RouterConfig) -> list[Placement | None]:
+    """Place requests one after another, each seeing the earlier ones' reservations."""
+    claims, out = [], []
+    for r in reqs:
+        d = place_task(r, cluster, reserved=claims, config=config)
+        if isinstance(d, Placement):
+            claims.append(d.claim)
+            out.append(d)
+        else:
+            out.append(None)
+    return out
+
+
+def test_untyped_tasks_leave_the_scarce_type_to_tasks_that_accept_only_it():
+    cluster = snap(
+        *(node(f"v{i}", "v100", V100, 8) for i in range(4)), *(node(f"a{i}", "a10", A10, 1) for i in range(4))
+    )
+    reqs = [TaskRequest(task_key=f"any{i}", gpu_count=1) for i in range(8)]
+    reqs += [TaskRequest(task_key=f"a10only{i}", gpu_count=1, gpu_types=("A10",)) for i in range(3)]
+    balanced = _fill(cluster, reqs, DEFAULT_CONFIG)
+    assert all(balanced), "every A10-only task finds an A10 left"
+    assert sum(d.gpu_type == A10 for d in balanced[:8] if d) <= 1
+    # without the balance, best fit drains the single-GPU A10 nodes first: the A10-only tasks wait
+    unbalanced = _fill(cluster, reqs, dataclasses.replace(DEFAULT_CONFIG, type_balance_step_pct=0))
+    assert unbalanced[8:] == [None, None, None]
+
+
+def test_type_with_the_larger_free_share_wins_and_the_other_is_told_why():
+    s = snap(
+        node("t4-1", "t4", T4, 2, used=1), node("t4-2", "t4", T4, 2, used=2),  # 25 % free, a perfect fit
+        node("a100-1", "a100", A100, 8, used=4),  # 50 % free
+    )  # fmt: skip
+    d = place_task(TaskRequest(gpu_count=1), s)
+    assert isinstance(d, Placement) and d.node_pool == "a100"
+    lost = next(v for v in d.explanation.considered if v.node_pool == "t4")
+    assert lost.outcome == "lost"
+    assert "25 % free vs 50 %" in lost.reason and "scarcer type" in lost.reason
+    assert "50 % free" in next(v.reason for v in d.explanation.considered if v.outcome == "chosen")
+    # an explicit preference still beats the balance
+    d = place_task(TaskRequest(gpu_count=1, gpu_types=("T4", "A100")), s)
+    assert isinstance(d, Placement) and d.node_name == "t4-1"
+    # within one balance step, packing decides: the T4 node fills up, the A100 stays whole-GPU rich
+    d = place_task(TaskRequest(gpu_count=1), s, config=dataclasses.replace(DEFAULT_CONFIG, type_balance_step_pct=60))
+    assert isinstance(d, Placement) and d.node_name == "t4-1"
+
+
+def test_type_free_share_counts_devices_and_mig_slices_on_schedulable_nodes():
+    nodes = [
+        node("a", "p", A100, 8, used=6),
+        node("b", "p", A100, 0, mig_free=(("1g.10gb", 7),), mig_allocatable=(("1g.10gb", 7),)),
+        node("c", "p", A100, 8, schedulable=False),
+        node("d", "q", T4, 4, used=4),
+    ]
+    pct = type_free_pct(nodes)
+    # a: 2000 of 8000; b: 7 slices of 142 milli, all free; c is cordoned and does not count
+    assert pct[A100] == pytest.approx(100 * (2000 + 7 * 142) / (8000 + 7 * 142))
+    assert pct[T4] == 0.0
+
+
+@settings(max_examples=120, deadline=None)
+@given(cluster=clusters(), req=requests.filter(lambda r: r.gpu_count > 0))
+def test_chosen_type_is_never_scarcer_than_a_feasible_equally_preferred_type(cluster, req):
+    try:
+        d = place_task(req, cluster)
+    except PlacementError:
+        return
+    if not isinstance(d, Placement):
+        return
+    steps = {t: math.floor(p / DEFAULT_CONFIG.type_balance_step_pct) for t, p in type_free_pct(cluster.nodes).items()}
+    rank = type_rank(req.gpu_types, d.gpu_type)
+    for v in d.explanation.considered:
+        if v.outcome == "lost" and type_rank(req.gpu_types, v.gpu_type) == rank:
+            assert v.gpu_type is not None and steps[v.gpu_type] <= steps[d.gpu_type], v
