@@ -1,15 +1,17 @@
 """Airflow plugin: the resource router's API and UI page inside the Airflow 3 api-server.
 
-API under /resource-router (capacity, reservations, decisions, dry-run); a nav entry opens its page.
+API under /resource-router (capacity, reservations, decisions, dry-run) behind Airflow's auth;
+a nav entry opens its page (the UI's session cookie authenticates it).
 """
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from include.mlops.routing.airflow_auth import require_router_access
 from include.mlops.routing.api import create_app, router_from_airflow
 
-app = create_app(router_from_airflow)
+app = create_app(router_from_airflow, dependencies=[require_router_access])
 
 
 class ResourceRouterPlugin(AirflowPlugin):

@@ -1,11 +1,22 @@
-"""The router's HTTP API served by real uvicorn on a free 127.0.0.1 port, called with httpx."""
+"""The router's HTTP API over real HTTP on free 127.0.0.1 ports, called with httpx.
+
+The routes' behaviour under plain uvicorn; then the plugin inside a real ``airflow api-server``
+behind Airflow's auth (SimpleAuthManager, configured users, a password file, real JWTs).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -82,3 +93,118 @@ def test_api_reports_capacity_dry_runs_without_reserving_and_lists_decisions(api
         assert bad.status_code == 422 and "not both" in bad.json()["detail"]
         page = c.get("/ui")
         assert page.status_code == 200 and 'fetch("capacity")' in page.text
+
+
+# --- the plugin inside the real Airflow api-server ------------------------------------------------
+
+API_SERVER_START_LIMIT_S = 90
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    url: str
+    passwords: dict[str, str]
+    book: Path
+    started_in_s: float
+
+
+def _token(c: httpx.Client, user: str, password: str) -> httpx.Response:
+    return c.post("/auth/token", json={"username": user, "password": password})
+
+
+@pytest.fixture(scope="module")
+def api_server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """``airflow api-server`` (core API + plugins) on a free port: viewer ``alice``, role-less ``nobody``."""
+    base = tmp_path_factory.mktemp("api-server")
+    (base / "inventory.yaml").write_text(INVENTORY)
+    passwords = {"alice": secrets.token_urlsafe(12), "nobody": secrets.token_urlsafe(12)}
+    (base / "passwords.json").write_text(json.dumps(passwords))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "alice:viewer,nobody:",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(base / "passwords.json"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW_VAR_ROUTER_CAPACITY_SOURCE": f"inventory:{base / 'inventory.yaml'}",
+        "AIRFLOW_VAR_ROUTER_BOOK_PATH": str(base / "book.sqlite"),
+    }
+    log_path = base / "api-server.log"
+    with log_path.open("wb") as log:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port),
+             "--apps", "core", "--workers", "1"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = t0 + API_SERVER_START_LIMIT_S
+            while True:
+                assert proc.poll() is None, f"api-server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, (
+                    f"api-server not up in {API_SERVER_START_LIMIT_S} s:\n" + (log_path.read_text()[-3000:])
+                )
+                try:
+                    if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.25)
+            started = time.monotonic() - t0
+            print(f"airflow api-server answered after {started:.1f} s")
+            yield ApiServer(url, passwords, base / "book.sqlite", started)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_plugin_api_in_the_airflow_api_server_requires_an_airflow_token(api_server: ApiServer):
+    probe = {"task_key": "probe", "gpu_count": 1, "gpu_types": ["A100", "L4"], "memory_mib": 4096}
+    with httpx.Client(base_url=api_server.url, timeout=20) as c:
+        # anonymous and forged callers get nothing, not even the page or a dry run
+        assert c.get("/resource-router/capacity").status_code == 401
+        assert c.get("/resource-router/ui").status_code == 401
+        assert c.post("/resource-router/dry-run", json=probe).status_code == 401
+        forged = {"Authorization": "Bearer not-a-jwt"}
+        assert c.get("/resource-router/capacity", headers=forged).status_code == 403
+
+        assert _token(c, "alice", "wrong-password").status_code == 401
+        login = _token(c, "alice", api_server.passwords["alice"])
+        assert login.status_code == 201, login.text
+        alice = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+        cap = c.get("/resource-router/capacity", headers=alice)
+        assert cap.status_code == 200, cap.text
+        pools = {p["node_pool"]: p for p in cap.json()["pools"]}
+        assert pools["a100-pool"]["whole_gpus_free"] == 1 and pools["l4-pool"]["gpu_types"] == ["NVIDIA-L4"]
+
+        placed = c.post("/resource-router/dry-run", json=probe, headers=alice)
+        assert placed.status_code == 200, placed.text
+        assert placed.json()["decision"] == "place" and placed.json()["node_pool"] == "a100-pool"
+        assert c.get("/resource-router/reservations", headers=alice).json() == []  # nothing reserved
+        decisions = c.get("/resource-router/decisions", headers=alice).json()
+        assert [(d["task_key"], d["dry_run"]) for d in decisions] == [("probe", True)]  # the 401 one left no trace
+
+        page = c.get("/resource-router/ui", headers=alice)
+        assert page.status_code == 200 and 'fetch("capacity")' in page.text
+        # the page's own fetches carry the Airflow UI's session cookie, not a header
+        c.cookies.set("_token", login.json()["access_token"])
+        assert c.get("/resource-router/reservations").status_code == 200
+        c.cookies.clear()
+
+        # authenticated is not authorized: a user without a role is refused the view
+        nobody = _token(c, "nobody", api_server.passwords["nobody"])
+        assert nobody.status_code == 201, nobody.text
+        refused = c.get(
+            "/resource-router/capacity", headers={"Authorization": f"Bearer {nobody.json()['access_token']}"}
+        )
+        assert refused.status_code == 403 and "nobody" in refused.json()["detail"]
+    assert api_server.started_in_s < API_SERVER_START_LIMIT_S

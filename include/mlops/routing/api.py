@@ -1,12 +1,13 @@
 """HTTP API and a small UI page for the router, mounted by the Airflow plugin under /resource-router.
 
 Capacity per pool, live reservations, recent decisions, and a dry run that places without reserving.
-Built by ``create_app(router_factory)`` so tests run it under plain uvicorn.
+Built by ``create_app(router_factory, dependencies=...)``: the plugin adds Airflow's auth
+(``airflow_auth.require_router_access``); tests of the routes alone run it under plain uvicorn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.errors import MlopsError, PlacementError
@@ -44,12 +45,22 @@ load();
 </script></body></html>"""
 
 
-def create_app(router_factory: Callable[[], ResourceRouter]) -> FastAPI:
-    """The router's FastAPI app; ``router_factory`` is called per request (cheap; reads settings)."""
-    from fastapi import Body, FastAPI, HTTPException
+def create_app(
+    router_factory: Callable[[], ResourceRouter], *, dependencies: Sequence[Callable[..., Any]] = ()
+) -> FastAPI:
+    """The router's FastAPI app; ``router_factory`` is called per request (cheap; reads settings).
+
+    ``dependencies`` guard every route, the UI page included (app level, so a route added later
+    cannot ship unguarded).
+    """
+    from fastapi import Body, Depends, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
 
-    app = FastAPI(title="Resource router", description="Where heavy tasks can run now, and why.")
+    app = FastAPI(
+        title="Resource router",
+        description="Where heavy tasks can run now, and why.",
+        dependencies=[Depends(d) for d in dependencies],
+    )
 
     def router() -> ResourceRouter:
         try:

@@ -1,0 +1,38 @@
+"""Airflow authentication and authorization for the router's API inside the Airflow api-server.
+
+Airflow mounts a plugin's FastAPI app without its own auth dependencies, so the app must ask
+for them: a user Airflow authenticated (JWT bearer token or the UI's session cookie) who may
+open the router's custom view (read, and POST for a dry run).
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+# the resource name an auth manager sees in is_authorized_custom_view (FAB: grant it to roles)
+ROUTER_RESOURCE = "Resource router"
+
+_bearer = HTTPBearer(auto_error=False, description="An Airflow JWT, e.g. from POST /auth/token")
+
+
+async def require_router_access(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+) -> None:
+    """401 without a valid Airflow token, 403 for a user the auth manager does not allow the view."""
+    # Imported per request, not with the plugin: task processes import plugins for their macros,
+    # and the core API's security module takes seconds to import and needs the metadata models.
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.base_auth_manager import ResourceMethod
+    from airflow.api_fastapi.core_api.security import get_user
+
+    user = await get_user(request, None, credentials)
+    method = cast(ResourceMethod, request.method if request.method in ("GET", "POST") else "GET")
+    if not get_auth_manager().is_authorized_custom_view(method=method, resource_name=ROUTER_RESOURCE, user=user):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"user {user.get_name()!r} may not {method} the {ROUTER_RESOURCE!r} view; ask an Airflow admin",
+        )
