@@ -111,9 +111,12 @@ def release() -> None:
         task_id="approve",
         subject="Promote {{ ti.xcom_pull(task_ids='check_params')['model_name'] }} "
         "v{{ ti.xcom_pull(task_ids='check_params')['version'] }} to 100 %?",
-        body="Canary analysis so far:\n\n{{ ti.xcom_pull(task_ids='analyse') }}",
+        body="Canary analysis so far ({{ ti.xcom_pull(task_ids='analyse')['reason'] }}):\n\n"
+        "{% for line in ti.xcom_pull(task_ids='analyse').get('steps', []) %}- {{ line }}\n{% endfor %}\n"
+        "Approve promotes the canary to 100 % and makes it champion; Reject rolls it back.",
         fail_on_reject=True,
         response_timeout=pendulum.duration(hours=4),
+        retries=0,  # a rejection is an answer: retrying would ask the approver again
     )
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)

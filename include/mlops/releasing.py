@@ -260,6 +260,8 @@ def analyse(
     out_dir = settings.serving_root / "analyses" / f"{plan['model_name']}-v{plan['version']}-{int(time.time())}"
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    step_lines: list[str] = []
+
     def on_step(step: Any) -> None:
         s = step.to_json()
 
@@ -267,13 +269,14 @@ def analyse(
             v = s.get(key)
             return format(v, fmt) if isinstance(v, int | float) else str(v)
 
-        log(
+        step_lines.append(
             f"step {s.get('weight_pct')} %: {s.get('verdict')} (stable n={s.get('n_stable')}, "
             f"canary n={s.get('n_canary')}; p99 {num('latency_p99_stable_ms')} vs "
             f"{num('latency_p99_canary_ms')} ms; errors {num('error_rate_stable', '.3f')} vs "
             f"{num('error_rate_canary', '.3f')}; drift KS {num('prediction_drift_ks', '.3f')}): "
             f"{'; '.join(s.get('reasons') or ()) or 'within thresholds'}"
         )
+        log(step_lines[-1])
 
     stop = threading.Event()  # bounded: the generator stops when the analysis loop ends
     load = LoadGenerator(router_url, _replay_records(settings), rps=params.load_rps, stop_event=stop)
@@ -314,7 +317,12 @@ def analyse(
             f"{plan['model_name']} v{plan['version']} failed canary analysis and was rolled back to "
             f"stable v{plan['stable_version']}: {outcome.reason}"
         )
-    return {"passed": True, "reason": outcome.reason, "analysis_path": str(out_dir / "analysis.json")}
+    return {
+        "passed": True,
+        "reason": outcome.reason,
+        "steps": step_lines,
+        "analysis_path": str(out_dir / "analysis.json"),
+    }
 
 
 def promote(settings: ProjectSettings, plan: dict[str, Any], log: Log = print) -> dict[str, Any]:

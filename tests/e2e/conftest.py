@@ -68,31 +68,25 @@ class Deployment:
         }
 
     def dags_test(self, dag_id: str, conf: dict[str, Any], timeout_s: float = 420) -> DagRunResult:
-        before = self._run_ids(dag_id)
+        return self.start_dags_test(dag_id, conf).wait(timeout_s)
+
+    def start_dags_test(self, dag_id: str, conf: dict[str, Any]) -> RunningDagTest:
+        """`airflow dags test` in the background (for runs a test must act on while they wait)."""
+        before = set(self._run_ids(dag_id))
         log_path = self.logs / f"{dag_id}-{len(list(self.logs.iterdir()))}.log"
         with log_path.open("w") as out:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 [str(VENV_BIN / "airflow"), "dags", "test", dag_id, "-c", json.dumps(conf)],
                 env=self.env,
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                timeout=timeout_s,
-                check=False,
             )
+        return RunningDagTest(self, dag_id, proc, log_path, before)
+
+    def current_run_id(self, dag_id: str, before: set[str]) -> str | None:
         new = [r for r in self._run_ids(dag_id) if r not in before]
-        assert len(new) == 1, f"expected one new {dag_id} run, found {new}:\n{log_path.read_text()[-4000:]}"
-        run_id = new[0]
-        with sqlite3.connect(self.airflow_db) as db:
-            (state,) = db.execute(
-                "SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
-            ).fetchone()
-            tasks = dict(
-                db.execute(
-                    "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
-                ).fetchall()
-            )
-        return DagRunResult(dag_id, run_id, state, tasks, log_path.read_text(errors="replace"), proc.returncode)
+        return new[0] if len(new) == 1 else None
 
     def _run_ids(self, dag_id: str) -> list[str]:
         with sqlite3.connect(self.airflow_db) as db:
@@ -110,6 +104,42 @@ class Deployment:
         from include.mlops.data.generate import write_batch
 
         return write_batch(self.data_root / "landing", date, **kwargs)
+
+
+class RunningDagTest:
+    def __init__(
+        self, dep: Deployment, dag_id: str, proc: subprocess.Popen[bytes], log_path: Path, before: set[str]
+    ) -> None:
+        self.dep, self.dag_id, self.proc, self.log_path, self.before = dep, dag_id, proc, log_path, before
+
+    @property
+    def run_id(self) -> str | None:
+        return self.dep.current_run_id(self.dag_id, self.before)
+
+    def wait(self, timeout_s: float = 420) -> DagRunResult:
+        try:
+            self.proc.wait(timeout=timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+        run_id = self.run_id
+        assert run_id is not None, (
+            f"expected one new {self.dag_id} run, found "
+            f"{[r for r in self.dep._run_ids(self.dag_id) if r not in self.before]}:\n"
+            + self.log_path.read_text()[-4000:]
+        )
+        with sqlite3.connect(self.dep.airflow_db) as db:
+            (state,) = db.execute(
+                "SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", (self.dag_id, run_id)
+            ).fetchone()
+            tasks = dict(
+                db.execute(
+                    "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (self.dag_id, run_id)
+                ).fetchall()
+            )
+        log = self.log_path.read_text(errors="replace")
+        return DagRunResult(self.dag_id, run_id, state, tasks, log, self.proc.returncode)
 
 
 @pytest.fixture(scope="module")

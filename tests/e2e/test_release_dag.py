@@ -10,6 +10,8 @@ canary itself answered.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +22,8 @@ from onnx import TensorProto, helper
 from include.mlops.canary.load import LoadGenerator, RequestResult
 from include.mlops.deploy.local import LocalProcessTarget, pid_alive
 from include.mlops.registry.mlflow_registry import CHAMPION, PREVIOUS_CHAMPION_TAG, MlflowRegistry, TrainingRecord
-from tests.e2e.conftest import DagRunResult, Deployment
+from tests.api_server import ApiServer, airflow_api_server
+from tests.e2e.conftest import DagRunResult, Deployment, RunningDagTest
 from tests.model_fixtures import build_faulty_model, build_logistic_model, build_slow_model, sample_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -192,6 +195,83 @@ def test_invalid_params_fail_at_check_params_and_deploy_nothing(rel: Releases, p
 def test_a_form_value_outside_its_schema_is_refused_before_any_run(rel: Releases) -> None:
     with pytest.raises(AssertionError, match="expected one new release run, found \\[\\]"):
         rel.dep.dags_test("release", {"model_name": rel.dep.model_name, "version": "1", "interval_s": -5})
+
+
+@pytest.fixture(scope="module")
+def approver_api(rel: Releases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """The real api-server the Airflow UI talks to; `approver` may answer HITL requests, `viewer` may not."""
+    with airflow_api_server(tmp_path_factory.mktemp("api"), {"approver": "op", "viewer": "viewer"}) as server:
+        yield server
+
+
+def _wait_for_approval_request(api: ApiServer, running: RunningDagTest, limit_s: float = 240) -> dict:
+    headers = api.headers("approver")
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        assert running.proc.poll() is None, running.log_path.read_text()[-4000:]
+        run_id = running.run_id
+        if run_id:
+            r = httpx.get(f"{api.url}/api/v2/dags/release/dagRuns/{run_id}/hitlDetails", headers=headers, timeout=20)
+            assert r.status_code == 200, r.text
+            pending = [d for d in r.json()["hitl_details"] if not d.get("response_received")]
+            if pending:
+                return {"run_id": run_id, **pending[0]}
+        time.sleep(1)
+    raise AssertionError(f"no approval request within {limit_s} s:\n{running.log_path.read_text()[-4000:]}")
+
+
+def _answer(api: ApiServer, run_id: str, user: str, option: str) -> httpx.Response:
+    return httpx.patch(
+        f"{api.url}/api/v2/dags/release/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
+        json={"chosen_options": [option]},
+        headers=api.headers(user),
+        timeout=20,
+    )
+
+
+def test_a_release_waits_for_approval_shows_the_analysis_and_promotes_when_approved(
+    rel: Releases, approver_api: ApiServer
+) -> None:
+    stable_before = rel.target.status().stable
+    v = rel.register(build_logistic_model(rel.models / "approved.onnx", seed=0), "approved")
+    running = rel.dep.start_dags_test(
+        "release", {"model_name": rel.dep.model_name, "version": v, **FAST, "require_approval": True}
+    )
+    request = _wait_for_approval_request(approver_api, running)
+    # the approver sees what they approve: the version, and each step's numbers and verdict
+    assert f"v{v} to 100 %" in request["subject"]
+    assert "step 50 %: pass" in request["body"] and "p99" in request["body"], request["body"]
+    state = rel.target.status()
+    assert state.canary.version == v and state.canary_weight_pct == 50  # waiting at the last analysed step
+    assert rel.champion() == stable_before.version
+    assert _answer(approver_api, request["run_id"], "viewer", "Approve").status_code == 403
+    answered = _answer(approver_api, request["run_id"], "approver", "Approve")
+    assert answered.status_code == 200, answered.text
+    run = running.wait()
+
+    assert run.state == "success", run.explain()
+    assert run.tasks["approve"] == "success" and run.tasks["promote"] == "success"
+    assert rel.champion() == v and rel.served_by() == {v}
+
+
+def test_a_rejected_approval_rolls_the_canary_back(rel: Releases, approver_api: ApiServer) -> None:
+    stable_before = rel.target.status().stable
+    champion_before = rel.champion()
+    v = rel.register(build_logistic_model(rel.models / "rejected.onnx", seed=0), "rejected")
+    running = rel.dep.start_dags_test(
+        "release", {"model_name": rel.dep.model_name, "version": v, **FAST, "require_approval": True}
+    )
+    request = _wait_for_approval_request(approver_api, running)
+    answered = _answer(approver_api, request["run_id"], "approver", "Reject")
+    assert answered.status_code == 200, answered.text
+    run = running.wait()
+
+    assert run.state == "failed", run.explain()
+    assert run.tasks["approve"] == "failed" and run.tasks["rollback"] == "failed", run.explain()
+    assert f"serving stays on v{stable_before.version}" in run.log
+    state = rel.target.status()
+    assert state.canary is None and state.stable.pid == stable_before.pid
+    assert rel.champion() == champion_before and rel.served_by() == {stable_before.version}
 
 
 def test_manual_rollback_restores_the_previous_champion(rel: Releases) -> None:

@@ -6,13 +6,7 @@ behind Airflow's auth (SimpleAuthManager, configured users, a password file, rea
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +21,7 @@ from include.mlops.routing.model import TaskRequest
 from include.mlops.routing.providers.static import StaticInventoryProvider
 from include.mlops.routing.reservations import ReservationBook
 from include.mlops.routing.router import ResourceRouter
+from tests.api_server import START_LIMIT_S, ApiServer, airflow_api_server
 
 INVENTORY = """
 source: lab
@@ -97,15 +92,19 @@ def test_api_reports_capacity_dry_runs_without_reserving_and_lists_decisions(api
 
 # --- the plugin inside the real Airflow api-server ------------------------------------------------
 
-API_SERVER_START_LIMIT_S = 90
-
 
 @dataclass(frozen=True)
-class ApiServer:
-    url: str
-    passwords: dict[str, str]
+class RouterApiServer:
+    server: ApiServer
     book: Path
-    started_in_s: float
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def passwords(self) -> dict[str, str]:
+        return self.server.passwords
 
 
 def _token(c: httpx.Client, user: str, password: str) -> httpx.Response:
@@ -113,56 +112,16 @@ def _token(c: httpx.Client, user: str, password: str) -> httpx.Response:
 
 
 @pytest.fixture(scope="module")
-def api_server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+def api_server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterApiServer]:
     """``airflow api-server`` (core API + plugins) on a free port: viewer ``alice``, role-less ``nobody``."""
     base = tmp_path_factory.mktemp("api-server")
     (base / "inventory.yaml").write_text(INVENTORY)
-    passwords = {"alice": secrets.token_urlsafe(12), "nobody": secrets.token_urlsafe(12)}
-    (base / "passwords.json").write_text(json.dumps(passwords))
-    port = _free_port()
     env = {
-        **os.environ,
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "alice:viewer,nobody:",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(base / "passwords.json"),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW_VAR_ROUTER_CAPACITY_SOURCE": f"inventory:{base / 'inventory.yaml'}",
         "AIRFLOW_VAR_ROUTER_BOOK_PATH": str(base / "book.sqlite"),
     }
-    log_path = base / "api-server.log"
-    with log_path.open("wb") as log:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port),
-             "--apps", "core", "--workers", "1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = t0 + API_SERVER_START_LIMIT_S
-            while True:
-                assert proc.poll() is None, f"api-server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, (
-                    f"api-server not up in {API_SERVER_START_LIMIT_S} s:\n" + (log_path.read_text()[-3000:])
-                )
-                try:
-                    if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.25)
-            started = time.monotonic() - t0
-            print(f"airflow api-server answered after {started:.1f} s")
-            yield ApiServer(url, passwords, base / "book.sqlite", started)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+    with airflow_api_server(base, {"alice": "viewer", "nobody": ""}, env) as server:
+        yield RouterApiServer(server, base / "book.sqlite")
 
 
 @pytest.mark.slow
@@ -207,4 +166,4 @@ def test_plugin_api_in_the_airflow_api_server_requires_an_airflow_token(api_serv
             "/resource-router/capacity", headers={"Authorization": f"Bearer {nobody.json()['access_token']}"}
         )
         assert refused.status_code == 403 and "nobody" in refused.json()["detail"]
-    assert api_server.started_in_s < API_SERVER_START_LIMIT_S
+    assert api_server.server.started_in_s < START_LIMIT_S

@@ -1,0 +1,96 @@
+"""A real `airflow api-server` (core API + plugins) for tests, with SimpleAuthManager users."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+START_LIMIT_S = 90
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    url: str
+    passwords: dict[str, str]
+    base: Path
+    started_in_s: float
+
+    def token(self, user: str, password: str | None = None) -> httpx.Response:
+        return httpx.post(
+            f"{self.url}/auth/token",
+            json={"username": user, "password": self.passwords[user] if password is None else password},
+            timeout=20,
+        )
+
+    def headers(self, user: str) -> dict[str, str]:
+        resp = self.token(user)
+        assert resp.status_code == 201, resp.text
+        return {"Authorization": f"Bearer {resp.json()['access_token']}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def airflow_api_server(base: Path, users: dict[str, str], env: dict[str, str] | None = None) -> Iterator[ApiServer]:
+    """Start the api-server on a free loopback port; users maps name -> SimpleAuthManager role ('' = none)."""
+    base.mkdir(parents=True, exist_ok=True)
+    passwords = {u: secrets.token_urlsafe(12) for u in users}
+    (base / "passwords.json").write_text(json.dumps(passwords))
+    port = _free_port()
+    full_env = {
+        **os.environ,
+        **(env or {}),
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in users.items()),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(base / "passwords.json"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+    }
+    log_path = base / "api-server.log"
+    with log_path.open("wb") as log:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port),
+             "--apps", "core", "--workers", "1"],
+            env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            while True:
+                assert proc.poll() is None, f"api-server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+                assert time.monotonic() < t0 + START_LIMIT_S, (
+                    f"api-server not up in {START_LIMIT_S} s:\n" + log_path.read_text()[-3000:]
+                )
+                try:
+                    if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.25)
+            started = time.monotonic() - t0
+            print(f"airflow api-server answered after {started:.1f} s")
+            yield ApiServer(url, passwords, base, started)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
