@@ -57,7 +57,7 @@ typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy
 
 test: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed services lint typecheck
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=12
 
 bench: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed
 	for b in bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
