@@ -11,7 +11,10 @@ import pytest
 from include.mlops.canary.load import LoadGenerator
 from include.mlops.errors import MlopsError
 
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-model-version: 7\r\nContent-Type: application/json\r\n\r\n{}"
+OK = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-model-version: 7\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\n\r\n{}"  # one request per connection: no stale keep-alive in this server
+)
 
 
 class FlakyServer:
