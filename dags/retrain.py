@@ -25,7 +25,8 @@ Runs weekly (cron from the `mlops_retrain_cron` Variable, env `AIRFLOW_VAR_MLOPS
    (schema, nulls, ranges, categories, unique ids, row count, drift against the reference batch).
    A failure stops the run; the log names each failed expectation and links the Data Docs report.
 2. **route**: the resource router decides where training runs (GPU node pool, Docker, this machine).
-3. **train**: the PyTorch entrypoint `include/mlops/training/train.py` in its own environment;
+3. **train**: the PyTorch entrypoint `include/mlops/training/train.py` where the router placed it: a local
+   process, or a KubernetesPodOperator pod (Variables `mlops_training_image`, `mlops_data_volume_claim`);
    checkpoints every epoch, a retry resumes from the last one.
 4. **evaluate**: challenger and current `champion` on the same holdout rows (ONNX Runtime).
 5. **register**: MLflow run + model version (once per Airflow run), alias `challenger`, gate decision as tags.

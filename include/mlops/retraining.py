@@ -102,10 +102,12 @@ def train(
     placement: dict[str, Any],
     hyperparams: dict[str, Any],
     log: Log = print,
+    context: Any = None,
 ) -> dict[str, Any]:
-    """Run the training entrypoint as its own process; checkpoints keyed by the run survive retries."""
+    """Run the training entrypoint where the router placed it: a local process or a Kubernetes pod
+    (same entrypoint, same config); checkpoints keyed by the run survive retries."""
+    from include.mlops.errors import PlacementError
     from include.mlops.training.config import TrainConfig
-    from include.mlops.training.runner import run_training_process, training_python
 
     run_dir = settings.runs_dir / ident.safe_name
     config = TrainConfig(
@@ -114,8 +116,22 @@ def train(
         checkpoint_dir=str(run_dir / "checkpoints"),
         **hyperparams,
     )
-    log(f"training on {placement.get('target')}: {placement.get('explanation_text', '')}")
-    result = run_training_process(config, training_python(), log=log)
+    target = placement.get("target")
+    log(f"training on {target}: {placement.get('explanation_text', '')}")
+    if target == "local":
+        from include.mlops.training.runner import run_training_process, training_python
+
+        result = run_training_process(config, training_python(), log=log)
+    elif target == "kubernetes":
+        from include.mlops.training.pod import TrainingPodSettings, run_training_pod
+
+        pod_settings = TrainingPodSettings.from_airflow(settings.data_root)
+        result = run_training_pod(config, placement, pod_settings, context=context, run_name=ident.safe_name, log=log)
+    else:
+        raise PlacementError(
+            f"placement target {target!r} has no training launcher here (supported: 'local', 'kubernetes'); "
+            f"placement: {placement.get('explanation_text') or placement}"
+        )
     return {
         "output_dir": config.output_dir,
         "model_onnx_path": str(result.model_onnx_path),

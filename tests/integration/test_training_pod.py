@@ -1,0 +1,346 @@
+"""Training as a KubernetesPodOperator pod against a Kubernetes API stand-in over real HTTP.
+
+kmock's KubernetesEmulator serves the API on 127.0.0.1; the provider's hook reaches it through a
+kubeconfig named by the ``kubernetes_default`` connection. A kubelet stand-in (a thread talking to
+the same API) runs each created pod's command with the training interpreter, reports Running then
+Succeeded/Failed with the real exit code, and serves the output at the pod's ``log`` subresource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from include.mlops.errors import TrainingFailed
+from include.mlops.routing.model import Claim, Explanation, Placement
+from include.mlops.training.config import TrainConfig
+from include.mlops.training.pod import TrainingPodSettings, run_training_pod
+from include.mlops.training.runner import repo_root, training_environment, training_python
+
+kmock = pytest.importorskip("kmock")
+pytest.importorskip("kubernetes")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+pytestmark = pytest.mark.slow
+
+NAMESPACE = "ml-train"
+FAST = {"batch_size": 64, "learning_rate_per_step": 3e-3, "holdout_fraction": 0.2, "epochs": 1}
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+K8S_SCHEMA_VERSION = "1.30"
+
+
+def a100_placement(expected_wait_s: float = 30.0) -> Placement:
+    return Placement(
+        target="kubernetes",
+        node_pool="a100-pool",
+        node_name="gke-a100-1",
+        gpu_type="NVIDIA-A100-SXM4-80GB",
+        node_selector={"cloud.google.com/gke-nodepool": "a100-pool", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+        tolerations=(GPU_TAINT,),
+        resources_requests={"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"},
+        resources_limits={"memory": "4Gi", "nvidia.com/gpu": "1"},
+        airflow_pool="gpu_a100",
+        pool_slots=1,
+        priority_class="training-high",
+        expected_wait_s=expected_wait_s,
+        explanation=Explanation(summary="1 free A100 on gke-a100-1"),
+        claim=Claim(node_name="gke-a100-1"),
+    )
+
+
+class Kubelet:
+    """Runs created pods' commands locally (the image's `python` is the training interpreter)."""
+
+    def __init__(self, api_url: str, python: str) -> None:
+        from kubernetes import client
+
+        cfg = client.Configuration()
+        cfg.host = api_url
+        self.api = client.CoreV1Api(client.ApiClient(cfg))
+        self.python = python
+        self.schedulable = True  # False: pods stay Pending (no node fits)
+        self.logs: dict[str, bytes] = {}
+        self.finished: dict[str, threading.Event] = {}
+        self.exit_codes: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        seen: set[str] = set()
+        while not self._stop.wait(0.1):
+            if not self.schedulable:
+                continue
+            for pod in self.api.list_namespaced_pod(NAMESPACE).items:
+                if pod.metadata.name not in seen:
+                    seen.add(pod.metadata.name)
+                    threading.Thread(target=self._run, args=(pod,), daemon=True).start()
+
+    def _status(self, name: str, phase: str, state: dict[str, Any]) -> None:
+        scheduled = {"type": "PodScheduled", "status": "True"}
+        status = {
+            "phase": phase,
+            "conditions": [scheduled],
+            "containerStatuses": [
+                {"name": "base", "image": "trainer", "imageID": "", "ready": phase == "Running", "restartCount": 0}
+                | {"state": state}
+            ],
+        }
+        self.api.patch_namespaced_pod(name, NAMESPACE, {"status": status})
+
+    def _run(self, pod: Any) -> None:
+        name = pod.metadata.name
+        self.finished[name] = threading.Event()
+        container = pod.spec.containers[0]
+        cmd = [*(container.command or []), *(container.args or [])]
+        cmd = [self.python if i == 0 and part == "python" else part for i, part in enumerate(cmd)]
+        now = datetime.now(UTC).isoformat()
+        self._status(name, "Running", {"running": {"startedAt": now}})
+        env = training_environment({**{e.name: e.value for e in container.env or []}, "PATH": "/usr/bin:/bin"})
+        try:
+            proc = subprocess.run(
+                cmd, cwd=repo_root(), env=env, capture_output=True, timeout=90, check=False, stdin=subprocess.DEVNULL
+            )
+            code, out = proc.returncode, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            code, out = 137, (exc.stdout or b"") + b"killed after 90 s"
+        self.logs[name] = out
+        self.exit_codes[name] = code
+        end = datetime.now(UTC).isoformat()
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": end}
+        self._status(name, "Succeeded" if code == 0 else "Failed", {"terminated": terminated})
+        self.finished[name].set()
+
+    async def serve_log(self, request: Any) -> bytes:
+        """GET .../pods/<name>/log: with follow=true, streams until the container exits (here: at once after)."""
+        name = request.url.path.rstrip("/").split("/")[-2]
+        follow = str(request.params.get("follow", "false")).lower() == "true"
+        deadline = time.monotonic() + 90
+        while follow and time.monotonic() < deadline and not self._is_finished(name):
+            await asyncio.sleep(0.05)
+        return self.logs.get(name, b"")
+
+    def _is_finished(self, name: str) -> bool:
+        ev = self.finished.get(name)
+        return ev is not None and ev.is_set()
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
+    """API stand-in + kubelet stand-in; connection kubernetes_default points at them by kubeconfig."""
+    from kmock._internal.apps import Server
+
+    created: list[dict[str, Any]] = []
+
+    class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc,name-defined]
+        async def _handle(self, request: Any) -> Any:
+            # the API server defaults status.phase on create (kmock stores the body as sent)
+            if request.action == kmock.action.CREATE and request.url.path.endswith("/pods"):
+                created.append(copy.deepcopy(request.data))
+                request.data.setdefault("status", {"phase": "Pending"})
+            return await super()._handle(request)
+
+    state: dict[str, Any] = {}
+    ready = threading.Event()
+    kubelet_box: dict[str, Kubelet] = {}
+
+    async def serve_log(request: Any) -> bytes:
+        return await kubelet_box["k"].serve_log(request)
+
+    async def serve() -> None:
+        async with ApiServer() as handler, Server(handler) as server:
+            handler.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True)
+            handler.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True)
+            handler["get", re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/log")] << serve_log
+            stop = asyncio.Event()
+            state.update(url=str(server.url).rstrip("/"), loop=asyncio.get_running_loop(), stop=stop, handler=handler)
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    assert ready.wait(15), "kmock did not start"
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "standin", "cluster": {"server": state["url"]}}],
+                "users": [{"name": "airflow", "user": {"token": "test-token"}}],
+                "contexts": [
+                    {"name": "standin", "context": {"cluster": "standin", "user": "airflow", "namespace": NAMESPACE}}
+                ],
+                "current-context": "standin",
+            }
+        )
+    )
+    conn = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig), "namespace": NAMESPACE}}
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(conn))
+    kubelet = Kubelet(state["url"], training_python())
+    kubelet_box["k"] = kubelet
+    kubelet.start()
+    yield SimpleNamespace(url=state["url"], kubelet=kubelet, created=created, handler=state["handler"])
+    kubelet.stop()
+    state["loop"].call_soon_threadsafe(state["stop"].set)
+    thread.join(10)
+
+
+@pytest.fixture()
+def data_root(tmp_path: Path) -> Path:
+    from include.mlops.data.generate import write_batch
+
+    root = tmp_path / "data"
+    (root / "landing").mkdir(parents=True)
+    write_batch(root / "landing", "2026-11-02", n_rows=600, seed=5)
+    return root
+
+
+def _config(data_root: Path, batch: Path | None = None) -> TrainConfig:
+    batch = batch or next((data_root / "landing").iterdir())
+    run = data_root / "runs" / "manual__1"
+    return TrainConfig(
+        data_path=str(batch), output_dir=str(run / "output"), checkpoint_dir=str(run / "checkpoints"), **FAST
+    )
+
+
+def _context() -> dict[str, Any]:
+    ti = SimpleNamespace(
+        dag_id="retrain", task_id="train", run_id="manual__1", try_number=1, map_index=-1, xcom_push=lambda **kw: None
+    )
+    return {"ti": ti, "task_instance": ti, "run_id": "manual__1", "dag": SimpleNamespace(dag_id="retrain")}
+
+
+def _settings(data_root: Path) -> TrainingPodSettings:
+    return TrainingPodSettings(
+        image="registry.local/mlops-train:test", data_volume_claim="mlops-data", data_root=str(data_root)
+    )
+
+
+def _pod_objects(cluster: SimpleNamespace) -> list[Any]:
+    return [
+        obj for (res, _ns, _name), obj in cluster.handler.objects.items() if res.plural == "pods" and not obj.deleted
+    ]
+
+
+def test_pod_carries_the_placement_trains_on_the_shared_data_root_and_is_deleted(
+    cluster: SimpleNamespace, data_root: Path
+) -> None:
+    config = _config(data_root)
+    lines: list[str] = []
+    t0 = time.monotonic()
+    result = run_training_pod(
+        config, a100_placement(), _settings(data_root), context=_context(), run_name="manual__1", log=lines.append
+    )
+    assert time.monotonic() - t0 < 60
+
+    assert len(cluster.created) == 1
+    manifest = cluster.created[0]
+    kubernetes_validate.validate(manifest, K8S_SCHEMA_VERSION, strict=True)
+    spec = manifest["spec"]
+    assert spec["nodeSelector"] == dict(a100_placement().node_selector)
+    assert spec["tolerations"] == [GPU_TAINT]
+    assert spec["priorityClassName"] == "training-high"
+    (container,) = spec["containers"]
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"},
+        "limits": {"memory": "4Gi", "nvidia.com/gpu": "1"},
+    }
+    assert container["image"] == "registry.local/mlops-train:test"
+    assert container["command"] == ["python", "-m", "include.mlops.training.train"]
+    assert container["args"] == ["--config", str(Path(config.output_dir) / "train_config.json")]
+    # the data root is the PVC, mounted where the Airflow worker sees it
+    assert container["volumeMounts"] == [{"name": "mlops-data", "mountPath": str(data_root)}]
+    assert spec["volumes"] == [{"name": "mlops-data", "persistentVolumeClaim": {"claimName": "mlops-data"}}]
+    assert manifest["metadata"]["namespace"] == NAMESPACE
+    assert manifest["metadata"]["labels"]["app.kubernetes.io/name"] == "mlops-training"
+
+    name = manifest["metadata"]["name"]
+    assert cluster.kubelet.exit_codes == {name: 0}
+    assert Path(result.model_onnx_path).is_file() and Path(result.metrics_path).is_file()
+    assert Path(result.model_onnx_path).parent == Path(config.output_dir)
+    assert (result.epochs_run, result.epochs_total) == (1, 1)
+    assert _pod_objects(cluster) == []  # on_finish_action=delete_pod
+
+
+def test_retraining_train_dispatches_kubernetes_placement_and_returns_the_local_shape(
+    cluster: SimpleNamespace, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from include.mlops import retraining
+
+    monkeypatch.setenv("AIRFLOW_VAR_MLOPS_TRAINING_IMAGE", "registry.local/mlops-train:test")
+    monkeypatch.setenv("AIRFLOW_VAR_MLOPS_DATA_VOLUME_CLAIM", "mlops-data")
+    settings = SimpleNamespace(data_root=data_root, runs_dir=data_root / "runs")
+    batch = next((data_root / "landing").iterdir())
+    placement = {**a100_placement().to_dict(), "explanation_text": "A100 pool"}
+    out = retraining.train(
+        settings,  # type: ignore[arg-type]
+        retraining.RunIdentity("retrain", "manual__2"),
+        {"batch_path": str(batch)},
+        placement,
+        dict(FAST),
+        log=lambda _line: None,
+        context=_context(),
+    )
+    assert set(out) == {
+        "output_dir",
+        "model_onnx_path",
+        "metrics_path",
+        "device",
+        "epochs_run",
+        "resumed_from_epoch",
+        "duration_s",
+        "holdout",
+        "config",
+    }
+    assert Path(out["model_onnx_path"]).is_file()
+    assert out["output_dir"] == str(data_root / "runs" / "manual__2" / "output")
+    assert _pod_objects(cluster) == []
+
+
+def test_failed_training_pod_names_the_pod_exit_code_and_log_tail(cluster: SimpleNamespace, data_root: Path) -> None:
+    config = _config(data_root, batch=data_root / "landing" / "missing.parquet")
+    with pytest.raises(TrainingFailed) as err:
+        run_training_pod(config, a100_placement(), _settings(data_root), context=_context(), run_name="manual__1")
+    name = cluster.created[0]["metadata"]["name"]
+    message = str(err.value)
+    assert f"{NAMESPACE}/{name}" in message
+    assert f"exit code {cluster.kubelet.exit_codes[name]}" in message and cluster.kubelet.exit_codes[name] != 0
+    assert "missing.parquet" in message  # the trainer's own error, from the pod log
+    assert _pod_objects(cluster) == []
+
+
+def test_pod_left_pending_past_schedule_timeout_fails_clearly(cluster: SimpleNamespace, data_root: Path) -> None:
+    cluster.kubelet.schedulable = False
+    t0 = time.monotonic()
+    with pytest.raises(
+        TrainingFailed, match=r"did not start within schedule_timeout_seconds=2 .*expected a wait of 30s"
+    ):
+        run_training_pod(
+            _config(data_root),
+            a100_placement(expected_wait_s=30),
+            _settings(data_root),
+            context=_context(),
+            run_name="manual__1",
+            schedule_timeout_s=2,
+        )
+    assert time.monotonic() - t0 < 20
+    assert _pod_objects(cluster) == []
