@@ -92,7 +92,12 @@ def route_training(ident: RunIdentity, request: dict[str, Any] | None = None, lo
     """Ask the resource router where training runs now; a GPU first, the local CPU as the last resort."""
     from include.mlops.routing.training import place_training
 
-    return place_training(f"{ident.run_key}/train", request or {}, log=log)
+    return place_training(training_task_key(ident), request or {}, log=log)
+
+
+def training_task_key(ident: RunIdentity) -> str:
+    """The router's key of this run's training: its reservation is held and released under it."""
+    return f"{ident.run_key}/train"
 
 
 def train(
@@ -106,7 +111,6 @@ def train(
 ) -> dict[str, Any]:
     """Run the training entrypoint where the router placed it: a local process or a Kubernetes pod
     (same entrypoint, same config); checkpoints keyed by the run survive retries."""
-    from include.mlops.errors import PlacementError
     from include.mlops.training.config import TrainConfig
 
     run_dir = settings.runs_dir / ident.safe_name
@@ -118,20 +122,14 @@ def train(
     )
     target = placement.get("target")
     log(f"training on {target}: {placement.get('explanation_text', '')}")
-    if target == "local":
-        from include.mlops.training.runner import run_training_process, training_python
+    try:
+        result = _launch_training(settings, ident, config, placement, log, context)
+    finally:
+        # the reservation bridged decision and start; a finished (or failed) training frees it now,
+        # not at its TTL, or back-to-back runs on a small machine see their own stale claims
+        from include.mlops.routing.training import release_training
 
-        result = run_training_process(config, training_python(), log=log)
-    elif target == "kubernetes":
-        from include.mlops.training.pod import TrainingPodSettings, run_training_pod
-
-        pod_settings = TrainingPodSettings.from_airflow(settings.data_root)
-        result = run_training_pod(config, placement, pod_settings, context=context, run_name=ident.safe_name, log=log)
-    else:
-        raise PlacementError(
-            f"placement target {target!r} has no training launcher here (supported: 'local', 'kubernetes'); "
-            f"placement: {placement.get('explanation_text') or placement}"
-        )
+        release_training(training_task_key(ident), log=log)
     return {
         "output_dir": config.output_dir,
         "model_onnx_path": str(result.model_onnx_path),
@@ -143,6 +141,29 @@ def train(
         "holdout": result.holdout,
         "config": json.loads(config.to_json()),
     }
+
+
+def _launch_training(
+    settings: ProjectSettings, ident: RunIdentity, config: Any, placement: dict[str, Any], log: Log, context: Any
+) -> Any:
+    from include.mlops.errors import PlacementError
+
+    target = placement.get("target")
+    if target == "local":
+        from include.mlops.training.runner import run_training_process, training_python
+
+        return run_training_process(config, training_python(), log=log)
+    if target == "kubernetes":
+        from include.mlops.training.pod import TrainingPodSettings, run_training_pod
+
+        pod_settings = TrainingPodSettings.from_airflow(settings.data_root)
+        return run_training_pod(config, placement, pod_settings, context=context, run_name=ident.safe_name, log=log)
+    if placement.get("decision") == "wait":
+        raise PlacementError(f"the router says wait: {placement.get('explanation_text') or placement}")
+    raise PlacementError(
+        f"placement target {target!r} has no training launcher here (supported: 'local', 'kubernetes'); "
+        f"placement: {placement.get('explanation_text') or placement}"
+    )
 
 
 def evaluate(

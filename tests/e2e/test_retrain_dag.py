@@ -49,6 +49,10 @@ def test_first_run_validates_trains_registers_and_publishes_the_challenger(deplo
     # the GX report is kept: Data Docs HTML and the JSON result
     reports = deployment.data_root / "reports"
     assert list(reports.rglob("*.json")) and list(reports.rglob("index.html"))
+    # the router's claim for this training was released when training ended, not left to its TTL
+    from include.mlops.routing.reservations import ReservationBook
+
+    assert ReservationBook(deployment.base / "router" / "book.sqlite").active() == []
 
 
 def test_a_drifted_batch_stops_at_validation_and_registers_nothing(deployment: Deployment) -> None:

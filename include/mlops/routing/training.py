@@ -63,6 +63,18 @@ def place_training(
     return out
 
 
+def release_training(task_key: str, router: Any = None, log: Callable[[str], None] = print) -> int:
+    """Drop the reservation a placement made for task_key (training finished or gave up)."""
+    if router is None:
+        from include.mlops.routing.api import router_from_airflow
+
+        router = router_from_airflow()
+    removed = int(router.book.release(task_key))
+    if removed:
+        log(f"released the router's reservation of {task_key}")
+    return removed
+
+
 def _explain(d: dict[str, Any]) -> str:
     ex = d.get("explanation") or {}
     lines = [str(ex.get("summary", d.get("reason", "")))]

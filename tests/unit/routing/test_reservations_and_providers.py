@@ -138,3 +138,20 @@ def test_kpo_kwargs_map_a_placement_to_pod_arguments(inventory: Path):
     assert res.limits == {"memory": "32Gi", "nvidia.com/gpu": "1"}
     assert kw["pool"] == "gpu_training" and kw["pool_slots"] == 1 and kw["priority_class_name"] == "training"
     assert kw["schedule_timeout_seconds"] >= 300 and kw["schedule_timeout_seconds"] != 120
+
+
+def test_a_finished_training_releases_its_claim_so_the_next_one_fits(tmp_path: Path):
+    from include.mlops.routing.training import place_training, release_training
+
+    router = ResourceRouter(LocalMachineProvider(), ReservationBook(tmp_path / "b.sqlite", ttl_s=3600))
+    all_cpu = LocalMachineProvider().snapshot().nodes[0].cpu_allocatable_millicores
+    request = {"gpu_count": 0, "cpu_fallback": True, "cpu_millicores": all_cpu, "memory_mib": 64}
+    first = place_training("retrain/run-1/train", request, router=router, log=lambda _m: None)
+    assert first["decision"] == "place" and first["target"] == "local"
+    # while run 1 trains, its claim holds the machine: run 2 is told to wait, with the reason
+    second = place_training("retrain/run-2/train", request, router=router, log=lambda _m: None)
+    assert second["decision"] == "wait" and "CPU 0m free" in second["explanation_text"]
+    assert release_training("retrain/run-1/train", router=router, log=lambda _m: None) == 1
+    assert release_training("retrain/run-1/train", router=router, log=lambda _m: None) == 0  # idempotent
+    third = place_training("retrain/run-2/train", request, router=router, log=lambda _m: None)
+    assert third["decision"] == "place" and third["target"] == "local"
