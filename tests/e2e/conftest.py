@@ -84,9 +84,8 @@ class Deployment:
             )
         return RunningDagTest(self, dag_id, proc, log_path, before)
 
-    def current_run_id(self, dag_id: str, before: set[str]) -> str | None:
-        new = [r for r in self._run_ids(dag_id) if r not in before]
-        return new[0] if len(new) == 1 else None
+    def new_run_ids(self, dag_id: str, before: set[str]) -> list[str]:
+        return [r for r in self._run_ids(dag_id) if r not in before]
 
     def _run_ids(self, dag_id: str) -> list[str]:
         with sqlite3.connect(self.airflow_db) as db:
@@ -114,7 +113,8 @@ class RunningDagTest:
 
     @property
     def run_id(self) -> str | None:
-        return self.dep.current_run_id(self.dag_id, self.before)
+        new = self.dep.new_run_ids(self.dag_id, self.before)
+        return new[0] if len(new) == 1 else None
 
     def wait(self, timeout_s: float = 420) -> DagRunResult:
         try:
@@ -123,12 +123,9 @@ class RunningDagTest:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait(10)
-        run_id = self.run_id
-        assert run_id is not None, (
-            f"expected one new {self.dag_id} run, found "
-            f"{[r for r in self.dep._run_ids(self.dag_id) if r not in self.before]}:\n"
-            + self.log_path.read_text()[-4000:]
-        )
+        new = self.dep.new_run_ids(self.dag_id, self.before)
+        assert len(new) == 1, f"expected one new {self.dag_id} run, found {new}:\n" + self.log_path.read_text()[-4000:]
+        run_id = new[0]
         with sqlite3.connect(self.dep.airflow_db) as db:
             (state,) = db.execute(
                 "SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", (self.dag_id, run_id)
