@@ -29,7 +29,7 @@ from include.mlops import retraining, stack
 from include.mlops.settings.project import PROJECT_ROOT, ProjectSettings
 
 MODEL = "bench-orchestration"
-TASKS = ("validate_data", "route", "train", "evaluate", "register", "publish_challenger")
+TASKS = ("validate_data", "route", "train.local", "trained", "evaluate", "register", "publish_challenger")
 
 
 def direct(settings: ProjectSettings, batch: str, epochs: int) -> tuple[float, float]:
@@ -96,7 +96,7 @@ def via_airflow(batch: str, epochs: int) -> dict[str, float]:
             (run_id,),
         ).fetchall()
         (xcom,) = c.execute(
-            "SELECT value FROM xcom WHERE dag_id = 'retrain' AND run_id = ? AND task_id = 'train'"
+            "SELECT value FROM xcom WHERE dag_id = 'retrain' AND run_id = ? AND task_id = 'trained'"
             " AND key = 'return_value'",
             (run_id,),
         ).fetchone()

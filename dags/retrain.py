@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, dag, task
 
 from include.mlops.assets import MODEL_CHALLENGER_READY, TRANSACTIONS_LANDING
+from include.mlops.training.launch import GROUP_ID, LAUNCHES, Launch
 
 LANDING = Asset(TRANSACTIONS_LANDING)
 CHALLENGER_READY = Asset(MODEL_CHALLENGER_READY)
@@ -15,7 +16,7 @@ CHALLENGER_READY = Asset(MODEL_CHALLENGER_READY)
 # changed per deployment without the dag-processor querying the metadata DB on every parse.
 RETRAIN_CRON = os.environ.get("AIRFLOW_VAR_MLOPS_RETRAIN_CRON", "0 3 * * 1")
 
-DOC = """
+DOC = r"""
 ### Retrain
 
 Runs weekly (cron from the `mlops_retrain_cron` Variable, env `AIRFLOW_VAR_MLOPS_RETRAIN_CRON`)
@@ -24,10 +25,14 @@ Runs weekly (cron from the `mlops_retrain_cron` Variable, env `AIRFLOW_VAR_MLOPS
 1. **validate_data**: Great Expectations suite `include/data/suites/transactions.yaml`
    (schema, nulls, ranges, categories, unique ids, row count, drift against the reference batch).
    A failure stops the run; the log names each failed expectation and links the Data Docs report.
-2. **route**: the resource router decides where training runs (GPU node pool, Docker, this machine).
-3. **train**: the PyTorch entrypoint `include/mlops/training/train.py` where the router placed it: a local
-   process, or a KubernetesPodOperator pod (Variables `mlops_training_image`, `mlops_data_volume_claim`);
-   checkpoints every epoch, a retry resumes from the last one.
+2. **route**: the resource router decides where training runs (GPU node pool, Docker, this machine) and
+   branches to the `train.*` task that holds the placement's Airflow pool and `pool_slots`
+   (`train.local`, `train.cpu`, `train.gpu_1/2/4/8`). While nothing fits, `route` is rescheduled at the
+   router's recheck time (state `up_for_reschedule`, no worker slot held) until the request's `max_wait_s`.
+3. **train.local / train.cpu / train.gpu_N**: the PyTorch entrypoint `include/mlops/training/train.py` where
+   the router placed it: a local process, a KubernetesPodOperator pod (Variables `mlops_training_image`,
+   `mlops_data_volume_claim`) or a DockerOperator container on the local engine; checkpoints every epoch,
+   a retry resumes from the last one. **trained** passes on the result of the one that ran.
 4. **evaluate**: challenger and current `champion` on the same holdout rows (ONNX Runtime).
 5. **register**: MLflow run + model version (once per Airflow run), alias `challenger`, gate decision as tags.
 6. **publish_challenger**: emits Asset `model_challenger_ready` when the gate passed (skipped otherwise).
@@ -69,18 +74,38 @@ def retrain() -> None:
         batch = params.get("batch_path") or retraining.batch_from_asset_events(triggering_asset_events)
         return retraining.validate_data(retraining.settings(), retraining.identity(dag_run, ti), batch)
 
-    @task
-    def route(params: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
-        from include.mlops import retraining
-
-        return retraining.route_training(retraining.identity(dag_run, ti), params["resources"])
-
-    @task(pool="local_compute", retries=2)
-    def train(validation: dict, placement: dict, params: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
+    @task.branch(retries=1)
+    def route(params: dict, dag_run=None, ti=None, **context) -> str:  # type: ignore[no-untyped-def]
         from include.mlops import retraining
 
         ident = retraining.identity(dag_run, ti)
-        return retraining.train(retraining.settings(), ident, validation, placement, {"epochs": params["epochs"]})
+        placement = retraining.route_or_reschedule(ident, params["resources"], ti, context)
+        ti.xcom_push(key="placement", value=placement)
+        return placement["launch"]
+
+    def launch_task(launch: Launch):  # type: ignore[no-untyped-def]
+        @task(task_id=launch.name, pool=launch.pool, pool_slots=launch.pool_slots, retries=2)
+        def train(validation: dict, params: dict, dag_run=None, ti=None, **context) -> dict:  # type: ignore[no-untyped-def]
+            from include.mlops import retraining
+
+            placement = ti.xcom_pull(task_ids="route", key="placement")
+            return retraining.train(
+                retraining.settings(),
+                retraining.identity(dag_run, ti),
+                validation,
+                placement,
+                {"epochs": params["epochs"]},
+                context=context,
+                launch=launch.name,
+            )
+
+        return train
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def trained(ti=None) -> dict:  # type: ignore[no-untyped-def]
+        from include.mlops import retraining
+
+        return retraining.training_result(ti.xcom_pull(task_ids=[x.task_id for x in LAUNCHES]))
 
     @task
     def evaluate(validation: dict, trained: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
@@ -89,16 +114,14 @@ def retrain() -> None:
         return retraining.evaluate(retraining.settings(), retraining.identity(dag_run, ti), validation, trained)
 
     @task
-    def register(
-        validation: dict, placement: dict, trained: dict, evaluation: dict, params: dict, dag_run=None, ti=None
-    ) -> dict:  # type: ignore[no-untyped-def]
+    def register(validation: dict, trained: dict, evaluation: dict, params: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
         from include.mlops import retraining
 
         return retraining.register(
             retraining.settings(),
             retraining.identity(dag_run, ti),
             validation,
-            placement,
+            ti.xcom_pull(task_ids="route", key="placement"),
             trained,
             evaluation,
             params["gate_metric"],
@@ -118,11 +141,14 @@ def retrain() -> None:
         return registered
 
     validation = validate_data()
-    placement = route()
-    trained = train(validation, placement)
-    evaluation = evaluate(validation, trained)
-    registered = register(validation, placement, trained, evaluation)
-    validation >> placement
+    branch = route()
+    with TaskGroup(GROUP_ID, tooltip="one task per Airflow pool/pool_slots a placement can ask for"):
+        launches = [launch_task(x)(validation) for x in LAUNCHES]
+    result = trained()
+    validation >> branch >> launches
+    launches >> result
+    evaluation = evaluate(validation, result)
+    registered = register(validation, result, evaluation)
     publish_challenger(registered)
 
 

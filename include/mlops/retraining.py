@@ -88,11 +88,79 @@ def validate_data(
     return {"batch_path": str(batch), **report.summary()}
 
 
-def route_training(ident: RunIdentity, request: dict[str, Any] | None = None, log: Log = print) -> dict[str, Any]:
-    """Ask the resource router where training runs now; a GPU first, the local CPU as the last resort."""
-    from include.mlops.routing.training import place_training
+class CapacityWait(Exception):
+    """Nothing acceptable is free now; look again after ``recheck_after_s`` (the router's advice)."""
 
-    return place_training(training_task_key(ident), request or {}, log=log)
+    def __init__(self, reason: str, recheck_after_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.recheck_after_s = recheck_after_s
+
+
+def route_training(
+    ident: RunIdentity,
+    request: dict[str, Any] | None = None,
+    waited_s: float = 0.0,
+    log: Log = print,
+    router: Any = None,
+) -> dict[str, Any]:
+    """Ask the resource router where training runs now (a GPU first, the local CPU as the last resort)
+    and which launch task holds the placement's Airflow pool slots; the placement dict gets
+    ``launch`` (that task's id). Raises CapacityWait while nothing fits, PlacementError when the
+    request can never fit or has waited longer than its ``max_wait_s``."""
+    from include.mlops.errors import PlacementError
+    from include.mlops.routing.training import place_training, release_training
+    from include.mlops.training.launch import choose_launch
+
+    key = training_task_key(ident)
+    placement = place_training(key, request or {}, router=router, log=log, waited_s=waited_s)
+    if placement.get("decision") == "wait":
+        if placement.get("max_wait_exceeded"):
+            raise PlacementError(
+                f"gave up after waiting {waited_s:.0f}s for capacity (request max_wait_s exceeded): "
+                f"{placement.get('explanation_text') or placement.get('reason')}"
+            )
+        raise CapacityWait(str(placement.get("reason")), float(placement.get("recheck_after_s") or 30))
+    try:
+        launch = choose_launch(placement)
+    except PlacementError:
+        release_training(key, router=router, log=log)
+        raise
+    placement["launch"] = launch.task_id
+    slots = int(placement.get("pool_slots", 1))
+    over = f" (placement asked {slots}; the DAG's slot steps round up)" if launch.pool_slots > slots else ""
+    log(f"launch: {launch.task_id} in Airflow pool {launch.pool} holding {launch.pool_slots} slot(s){over}")
+    return placement
+
+
+def route_or_reschedule(ident: RunIdentity, request: dict[str, Any] | None, ti: Any, context: Any) -> dict[str, Any]:
+    """The `route` task body: place, or give the worker slot back and run again when the router says
+    to look again (Airflow reschedule: state up_for_reschedule, no retry spent). Errors that waiting
+    cannot fix fail the task at once, without retries."""
+    import datetime as dt
+
+    from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
+
+    from include.mlops.errors import PlacementError
+
+    first = ti.get_first_reschedule_date(context) if ti is not None else None
+    now = dt.datetime.now(dt.UTC)
+    waited_s = max(0.0, (now - first).total_seconds()) if first else 0.0
+    try:
+        return route_training(ident, request, waited_s=waited_s)
+    except CapacityWait as wait:
+        print(f"waiting for capacity ({waited_s:.0f}s so far), next look in {wait.recheck_after_s:.0f}s: {wait.reason}")
+        raise AirflowRescheduleException(now + dt.timedelta(seconds=wait.recheck_after_s)) from None
+    except PlacementError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def training_result(results: list[Any]) -> dict[str, Any]:
+    """The one launch task that ran (the others were skipped by the branch)."""
+    ran = [r for r in results if r]
+    if len(ran) != 1:
+        raise RuntimeError(f"expected the result of exactly one training launch task, got {len(ran)}")
+    return dict(ran[0])
 
 
 def training_task_key(ident: RunIdentity) -> str:
@@ -108,10 +176,16 @@ def train(
     hyperparams: dict[str, Any],
     log: Log = print,
     context: Any = None,
+    launch: str | None = None,
 ) -> dict[str, Any]:
-    """Run the training entrypoint where the router placed it: a local process or a Kubernetes pod
-    (same entrypoint, same config); checkpoints keyed by the run survive retries."""
+    """Run the training entrypoint where the router placed it: a local process, a Kubernetes pod or a
+    local Docker container (same entrypoint, same config); checkpoints keyed by the run survive retries.
+    ``launch``: the launch task running this (its pool slots must be the placement's)."""
     from include.mlops.training.config import TrainConfig
+    from include.mlops.training.launch import check_launch, launch_named
+
+    if launch is not None:
+        check_launch(launch_named(launch), placement)
 
     run_dir = settings.runs_dir / ident.safe_name
     config = TrainConfig(
@@ -158,10 +232,15 @@ def _launch_training(
 
         pod_settings = TrainingPodSettings.from_airflow(settings.data_root)
         return run_training_pod(config, placement, pod_settings, context=context, run_name=ident.safe_name, log=log)
+    if target == "docker":
+        from include.mlops.training.container import TrainingContainerSettings, run_training_container
+
+        box = TrainingContainerSettings.from_airflow(settings.data_root, settings.docker_base_url)
+        return run_training_container(config, placement, box, context=context, run_name=ident.safe_name, log=log)
     if placement.get("decision") == "wait":
         raise PlacementError(f"the router says wait: {placement.get('explanation_text') or placement}")
     raise PlacementError(
-        f"placement target {target!r} has no training launcher here (supported: 'local', 'kubernetes'); "
+        f"placement target {target!r} has no training launcher here (supported: 'local', 'kubernetes', 'docker'); "
         f"placement: {placement.get('explanation_text') or placement}"
     )
 

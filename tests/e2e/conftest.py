@@ -15,7 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ class DagRunResult:
     tasks: dict[str, str]  # task_id -> state
     log: str
     returncode: int
+    pools: dict[str, tuple[str, int]] = field(default_factory=dict)  # task_id -> (pool, pool_slots)
+    reschedules: dict[str, int] = field(default_factory=dict)  # task_id -> times it was rescheduled
 
     def explain(self) -> str:
         return f"{self.dag_id} {self.run_id} {self.state} {self.tasks}\n--- log tail ---\n{self.log[-6000:]}"
@@ -130,13 +132,21 @@ class RunningDagTest:
             (state,) = db.execute(
                 "SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", (self.dag_id, run_id)
             ).fetchone()
-            tasks = dict(
+            rows = db.execute(
+                "SELECT task_id, state, pool, pool_slots FROM task_instance WHERE dag_id = ? AND run_id = ?",
+                (self.dag_id, run_id),
+            ).fetchall()
+            reschedules = dict(
                 db.execute(
-                    "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (self.dag_id, run_id)
+                    "SELECT ti.task_id, count(*) FROM task_reschedule tr JOIN task_instance ti ON tr.ti_id = ti.id "
+                    "WHERE ti.dag_id = ? AND ti.run_id = ? GROUP BY ti.task_id",
+                    (self.dag_id, run_id),
                 ).fetchall()
             )
         log = self.log_path.read_text(errors="replace")
-        return DagRunResult(self.dag_id, run_id, state, tasks, log, self.proc.returncode)
+        tasks = {t: st for t, st, _, _ in rows}
+        pools = {t: (pool, int(slots)) for t, _, pool, slots in rows}
+        return DagRunResult(self.dag_id, run_id, state, tasks, log, self.proc.returncode, pools, reschedules)
 
 
 @pytest.fixture(scope="module")

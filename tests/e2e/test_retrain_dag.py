@@ -11,11 +11,14 @@ import pytest
 
 from include.mlops.assets import MODEL_CHALLENGER_READY
 from include.mlops.registry.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry
+from include.mlops.routing.model import Claim
+from include.mlops.training.launch import LAUNCHES
 from tests.e2e.conftest import Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-DOWNSTREAM_OF_VALIDATION = ("route", "train", "evaluate", "register", "publish_challenger")
+LAUNCH_TASKS = tuple(x.task_id for x in LAUNCHES)
+DOWNSTREAM_OF_VALIDATION = ("route", *LAUNCH_TASKS, "trained", "evaluate", "register", "publish_challenger")
 
 
 def _versions(dep: Deployment) -> list:
@@ -28,7 +31,11 @@ def test_first_run_validates_trains_registers_and_publishes_the_challenger(deplo
     run = deployment.dags_test("retrain", {"batch_path": str(batch), "epochs": 1})
 
     assert run.state == "success", run.explain()
-    assert set(run.tasks.values()) == {"success"}, run.explain()
+    # the local placement branched to the launch task holding its pool (local_compute, 1 slot)
+    assert run.tasks["train.local"] == "success" and run.pools["train.local"] == ("local_compute", 1)
+    assert {run.tasks[t] for t in LAUNCH_TASKS if t != "train.local"} == {"skipped"}, run.explain()
+    assert {s for t, s in run.tasks.items() if t not in LAUNCH_TASKS} == {"success"}, run.explain()
+    assert run.reschedules == {}, run.reschedules
     versions = _versions(deployment)
     assert [v.version for v in versions] == ["1"]
     v1 = versions[0]
@@ -105,3 +112,26 @@ def test_a_challenger_short_of_the_required_improvement_is_rejected(deployment: 
     assert v3.version == "3" and v3.tags["gate.decision"] == "rejected", v3.tags
     assert "gate rejected v3" in run.log
     assert len(deployment.asset_events(MODEL_CHALLENGER_READY)) == n_events
+
+
+def test_training_waits_for_capacity_without_holding_a_worker_then_runs(deployment: Deployment) -> None:
+    """Another task holds every local CPU for 20 s: `route` is rescheduled (no retry spent, no worker
+    slot held while waiting) and places training once the claim has expired."""
+    from include.mlops.routing.providers.local import LocalMachineProvider
+    from include.mlops.routing.reservations import ReservationBook
+
+    node = LocalMachineProvider().snapshot().nodes[0]
+    book = ReservationBook(deployment.base / "router" / "book.sqlite", ttl_s=20)
+    with book.transaction() as txn:
+        txn.reserve("other-dag/run/train", Claim(node.name, cpu_millicores=node.cpu_allocatable_millicores))
+    batch = deployment.write_batch("2026-11-30", n_rows=6_000, seed=15)
+    run = deployment.dags_test(
+        "retrain",
+        {"batch_path": str(batch), "epochs": 1, "resources": {"gpu_count": 1, "cpu_fallback": True, "max_wait_s": 60}},
+    )
+
+    assert run.state == "success", run.explain()
+    assert run.reschedules.get("route", 0) >= 1, (run.reschedules, run.explain())
+    assert "waiting for capacity" in run.log and "CPU" in run.log, run.explain()
+    assert run.tasks["train.local"] == "success", run.explain()
+    assert ReservationBook(deployment.base / "router" / "book.sqlite").active() == []

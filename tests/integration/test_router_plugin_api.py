@@ -132,6 +132,8 @@ def test_plugin_api_in_the_airflow_api_server_requires_an_airflow_token(api_serv
         assert c.get("/resource-router/capacity").status_code == 401
         assert c.get("/resource-router/ui").status_code == 401
         assert c.post("/resource-router/dry-run", json=probe).status_code == 401
+        assert c.get("/resource-router/openapi.json").status_code == 401  # the schema too
+        assert c.get("/resource-router/docs").status_code == 401
         forged = {"Authorization": "Bearer not-a-jwt"}
         assert c.get("/resource-router/capacity", headers=forged).status_code == 403
 
@@ -151,6 +153,11 @@ def test_plugin_api_in_the_airflow_api_server_requires_an_airflow_token(api_serv
         assert c.get("/resource-router/reservations", headers=alice).json() == []  # nothing reserved
         decisions = c.get("/resource-router/decisions", headers=alice).json()
         assert [(d["task_key"], d["dry_run"]) for d in decisions] == [("probe", True)]  # the 401 one left no trace
+
+        schema = c.get("/resource-router/openapi.json", headers=alice)
+        assert schema.status_code == 200 and "/dry-run" in schema.json()["paths"], schema.text
+        docs = c.get("/resource-router/docs", headers=alice)
+        assert docs.status_code == 200 and "openapi.json" in docs.text
 
         page = c.get("/resource-router/ui", headers=alice)
         assert page.status_code == 200 and 'fetch("capacity")' in page.text

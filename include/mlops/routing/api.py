@@ -56,11 +56,27 @@ def create_app(
     from fastapi import Body, Depends, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
 
+    # FastAPI's own /docs and /openapi.json are plain routes that app-level dependencies do not
+    # guard: switch them off and serve both as API routes, behind the same auth as the rest.
     app = FastAPI(
         title="Resource router",
         description="Where heavy tasks can run now, and why.",
         dependencies=[Depends(d) for d in dependencies],
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs() -> HTMLResponse:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        # relative: the app is mounted under a prefix (/resource-router) the app does not know
+        return get_swagger_ui_html(openapi_url="openapi.json", title="Resource router API")
 
     def router() -> ResourceRouter:
         try:
@@ -103,7 +119,8 @@ def create_app(
 def router_from_airflow() -> ResourceRouter:
     """The router as the deployment configures it (Airflow Variables; the local machine by default).
 
-    ``router_capacity_source``: ``local`` | ``inventory:<path>`` | ``kubernetes:<conn_id>``;
+    ``router_capacity_source``: ``local`` | ``docker`` | ``inventory:<path>`` | ``kubernetes:<conn_id>``
+    (``docker``: this machine's capacity, tasks run as containers on its engine);
     ``router_book_path``: the SQLite reservation book shared by workers and the api-server.
     """
     from airflow.sdk import Variable
@@ -120,6 +137,8 @@ def router_from_airflow() -> ResourceRouter:
     local = LocalMachineProvider()
     if kind == "local":
         return ResourceRouter(local, book)
+    if kind == "docker":
+        return ResourceRouter(LocalMachineProvider(target="docker", node_pool="docker-engine"), book)
     if kind == "inventory":
         from include.mlops.routing.providers.static import StaticInventoryProvider
 
@@ -133,5 +152,6 @@ def router_from_airflow() -> ResourceRouter:
         k8s = KubernetesCapacityProvider.from_connection(conn.host, conn.extra_dejson)
         return ResourceRouter(CombinedProvider((k8s, local)), book)
     raise SettingsError(
-        f"Variable router_capacity_source={source!r}: use 'local', 'inventory:<path>' or 'kubernetes:<conn_id>'"
+        f"Variable router_capacity_source={source!r}: "
+        "use 'local', 'docker', 'inventory:<path>' or 'kubernetes:<conn_id>'"
     )

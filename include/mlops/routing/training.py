@@ -33,8 +33,12 @@ def place_training(
     overrides: dict[str, Any],
     router: Any = None,
     log: Callable[[str], None] = print,
+    waited_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Decide where training runs now; returns the placement (or wait) as a JSON-safe dict."""
+    """Decide where training runs now; returns the placement (or wait) as a JSON-safe dict.
+
+    ``waited_s``: how long this task has already waited for capacity (the router gives up, with a
+    wait whose ``max_wait_exceeded`` is true, once it passes the request's ``max_wait_s``)."""
     from include.mlops.routing.model import Placement, TaskRequest
 
     if router is None:
@@ -45,7 +49,7 @@ def place_training(
     request = TaskRequest.from_dict(req)
     gpu_why = ""
     try:
-        decision = router.decide(request)
+        decision = router.decide(request, waited_s=waited_s)
     except PlacementError as e:
         if not cpu_fallback:
             raise
@@ -54,7 +58,7 @@ def place_training(
         gpu_why = gpu_why or decision.reason  # type: ignore[union-attr]
         log(f"no GPU placement ({gpu_why}); cpu_fallback allows a CPU run on the local machine")
         cpu_req = TaskRequest.from_dict({**req, "gpu_count": 0, "gpu_types": [], "allow_local": True})
-        decision = router.decide(cpu_req)
+        decision = router.decide(cpu_req, waited_s=waited_s)
     out = decision.to_dict()
     if gpu_why:
         out["gpu_unavailable_reason"] = gpu_why

@@ -72,14 +72,14 @@ def _dns_label(text: str, limit: int = 40) -> str:
     return label[:limit].strip("-") or "run"
 
 
-def _check_under_data_root(config: TrainConfig, data_root: str) -> None:
+def check_under_data_root(config: TrainConfig, data_root: str, where: str = "the training pod") -> None:
     root = Path(data_root)
     for name in ("data_path", "output_dir", "checkpoint_dir"):
         p = Path(getattr(config, name)).resolve()
         if not p.is_relative_to(root):
             raise SettingsError(
-                f"TrainConfig.{name}={p} is outside the data root {root}: the training pod only sees the data "
-                f"root (volume {DATA_VOLUME_CLAIM_VARIABLE}), so land batches and write runs under it"
+                f"TrainConfig.{name}={p} is outside the data root {root}: {where} only sees the data "
+                f"root, so land batches and write runs under it"
             )
 
 
@@ -168,7 +168,7 @@ def run_training_pod(
     """
     if isinstance(placement, Mapping):
         placement = placement_from_dict(placement)
-    _check_under_data_root(config, settings.data_root)
+    check_under_data_root(config, settings.data_root, where=f"the training pod (volume {DATA_VOLUME_CLAIM_VARIABLE})")
     config_path = write_config(config)
     if context is None:
         from airflow.sdk import get_current_context

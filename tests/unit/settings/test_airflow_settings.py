@@ -67,11 +67,11 @@ def test_apply_is_idempotent_and_updates_changed_values(airflow_db: Path, tmp_pa
     assert not second.changed and len(second.unchanged) == len(first.created + first.updated + first.unchanged)
 
     changed = tmp_path / "airflow_settings.yaml"
-    changed.write_text(PROJECT_FILE.read_text().replace("pool_slot: 4", "pool_slot: 8"))
+    changed.write_text(PROJECT_FILE.read_text().replace("pool_slot: 8", "pool_slot: 16"))
     third = apply_airflow_settings(load_airflow_settings(changed))
     assert third.updated == ("pool:gpu_training",) and not third.created
     with create_session() as session:
-        assert session.query(Pool).filter(Pool.pool == "gpu_training").one().slots == 8
+        assert session.query(Pool).filter(Pool.pool == "gpu_training").one().slots == 16
         assert session.query(Variable).filter(Variable.key == "mlops_profile").one().val == "local"
         conn = session.query(Connection).filter(Connection.conn_id == "mlflow_default").one()
         assert conn.host == "127.0.0.1"

@@ -1,0 +1,59 @@
+"""The retrain DAG's `route` step: place and pick the launch task, wait, or give up; real router + book."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from include.mlops.errors import PlacementError
+from include.mlops.retraining import CapacityWait, RunIdentity, route_training, training_task_key
+from include.mlops.routing.model import Claim
+from include.mlops.routing.providers.local import LocalMachineProvider
+from include.mlops.routing.reservations import ReservationBook
+from include.mlops.routing.router import ResourceRouter
+
+IDENT = RunIdentity("retrain", "manual__r1")
+
+
+@pytest.fixture()
+def router(tmp_path: Path) -> ResourceRouter:
+    return ResourceRouter(LocalMachineProvider(), ReservationBook(tmp_path / "book.sqlite"))
+
+
+def _hold_every_cpu(router: ResourceRouter) -> None:
+    node = router.provider.snapshot().nodes[0]
+    with router.book.transaction() as txn:
+        txn.reserve("someone/else", Claim(node.name, cpu_millicores=node.cpu_allocatable_millicores))
+
+
+def test_a_local_placement_goes_to_the_local_launch_and_is_reserved(router: ResourceRouter) -> None:
+    lines: list[str] = []
+    placement = route_training(IDENT, {"gpu_count": 0, "gpu_types": []}, router=router, log=lines.append)
+    assert placement["decision"] == "place" and placement["target"] == "local"
+    assert placement["launch"] == "train.local"
+    assert any("train.local in Airflow pool local_compute holding 1 slot" in line for line in lines), lines
+    assert [r.task_key for r in router.book.active()] == [training_task_key(IDENT)]
+
+
+def test_no_free_cpu_means_wait_with_the_routers_recheck_time(router: ResourceRouter) -> None:
+    _hold_every_cpu(router)
+    with pytest.raises(CapacityWait) as wait:
+        route_training(IDENT, {"gpu_count": 0, "gpu_types": [], "max_wait_s": 120}, router=router)
+    assert "CPU" in wait.value.reason
+    assert 15 <= wait.value.recheck_after_s <= 120
+    assert [r.task_key for r in router.book.active()] == ["someone/else"]  # a wait reserves nothing
+
+
+def test_past_max_wait_the_route_gives_up_naming_the_wait(router: ResourceRouter) -> None:
+    _hold_every_cpu(router)
+    with pytest.raises(PlacementError, match=r"gave up after waiting 90s for capacity .*max_wait_s"):
+        route_training(IDENT, {"gpu_count": 0, "gpu_types": [], "max_wait_s": 60}, waited_s=90, router=router)
+
+
+def test_a_request_no_launch_task_can_hold_is_refused_and_its_reservation_dropped(router: ResourceRouter) -> None:
+    # a placement the DAG has no launch task for: an 'airflow pool' the table does not know
+    router.config = type(router.config)(local_airflow_pool="someone_elses_pool")
+    with pytest.raises(PlacementError, match="takes target='local' in pool 'someone_elses_pool'"):
+        route_training(IDENT, {"gpu_count": 0, "gpu_types": []}, router=router)
+    assert router.book.active() == []
