@@ -8,7 +8,8 @@ import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, dag, task
 
 from include.mlops.assets import MODEL_CHALLENGER_READY, TRANSACTIONS_LANDING
-from include.mlops.training.launch import GROUP_ID, LAUNCHES, Launch
+from include.mlops.training.launch import GROUP_ID, LAUNCHES
+from include.mlops.training.operator import TrainingLaunchOperator
 
 LANDING = Asset(TRANSACTIONS_LANDING)
 CHALLENGER_READY = Asset(MODEL_CHALLENGER_READY)
@@ -83,24 +84,6 @@ def retrain() -> None:
         ti.xcom_push(key="placement", value=placement)
         return placement["launch"]
 
-    def launch_task(launch: Launch):  # type: ignore[no-untyped-def]
-        @task(task_id=launch.name, pool=launch.pool, pool_slots=launch.pool_slots, retries=2)
-        def train(validation: dict, params: dict, dag_run=None, ti=None, **context) -> dict:  # type: ignore[no-untyped-def]
-            from include.mlops import retraining
-
-            placement = ti.xcom_pull(task_ids="route", key="placement")
-            return retraining.train(
-                retraining.settings(),
-                retraining.identity(dag_run, ti),
-                validation,
-                placement,
-                {"epochs": params["epochs"]},
-                context=context,
-                launch=launch.name,
-            )
-
-        return train
-
     @task(trigger_rule="none_failed_min_one_success")
     def trained(ti=None) -> dict:  # type: ignore[no-untyped-def]
         from include.mlops import retraining
@@ -143,7 +126,7 @@ def retrain() -> None:
     validation = validate_data()
     branch = route()
     with TaskGroup(GROUP_ID, tooltip="one task per Airflow pool/pool_slots a placement can ask for"):
-        launches = [launch_task(x)(validation) for x in LAUNCHES]
+        launches = [TrainingLaunchOperator(task_id=x.name, launch=x, retries=2) for x in LAUNCHES]
     result = trained()
     validation >> branch >> launches
     launches >> result

@@ -177,33 +177,79 @@ def train(
     log: Log = print,
     context: Any = None,
     launch: str | None = None,
+    deferrable: bool = False,
 ) -> dict[str, Any]:
     """Run the training entrypoint where the router placed it: a local process, a Kubernetes pod or a
     local Docker container (same entrypoint, same config); checkpoints keyed by the run survive retries.
-    ``launch``: the launch task running this (its pool slots must be the placement's)."""
-    from include.mlops.training.config import TrainConfig
+    ``launch``: the launch task running this (its pool slots must be the placement's).
+    ``deferrable``: a Kubernetes pod defers the task (Airflow's TaskDeferred propagates) and
+    ``resume_training`` finishes it."""
     from include.mlops.training.launch import check_launch, launch_named
 
     if launch is not None:
         check_launch(launch_named(launch), placement)
+    config = train_config(settings, ident, validation, hyperparams)
+    log(f"training on {placement.get('target')}: {placement.get('explanation_text', '')}")
+    try:
+        result = _launch_training(settings, ident, config, placement, log, context, deferrable)
+    except BaseException as exc:
+        from airflow.sdk.exceptions import TaskDeferred
+
+        if not isinstance(exc, TaskDeferred):  # deferred: the pod runs on, and so does its reservation
+            _release(ident, log)
+        raise
+    _release(ident, log)
+    return trained_summary(config, result)
+
+
+def resume_training(
+    settings: ProjectSettings,
+    ident: RunIdentity,
+    validation: dict[str, Any],
+    placement: dict[str, Any],
+    hyperparams: dict[str, Any],
+    event: dict[str, Any],
+    log: Log = print,
+    context: Any = None,
+) -> dict[str, Any]:
+    """Finish a deferred Kubernetes training from its trigger event (log, cleanup, result)."""
+    from include.mlops.training.pod import TrainingPodSettings, resume_training_pod
+
+    config = train_config(settings, ident, validation, hyperparams)
+    pod_settings = TrainingPodSettings.from_airflow(settings.data_root)
+    try:
+        result = resume_training_pod(
+            config, placement, pod_settings, event, context=context, run_name=ident.safe_name, log=log
+        )
+    finally:
+        _release(ident, log)
+    return trained_summary(config, result)
+
+
+def train_config(
+    settings: ProjectSettings, ident: RunIdentity, validation: dict[str, Any], hyperparams: dict[str, Any]
+) -> Any:
+    """The run's TrainConfig: its folders are keyed by the run, so a retry resumes from checkpoints."""
+    from include.mlops.training.config import TrainConfig
 
     run_dir = settings.runs_dir / ident.safe_name
-    config = TrainConfig(
+    return TrainConfig(
         data_path=validation["batch_path"],
         output_dir=str(run_dir / "output"),
         checkpoint_dir=str(run_dir / "checkpoints"),
         **hyperparams,
     )
-    target = placement.get("target")
-    log(f"training on {target}: {placement.get('explanation_text', '')}")
-    try:
-        result = _launch_training(settings, ident, config, placement, log, context)
-    finally:
-        # the reservation bridged decision and start; a finished (or failed) training frees it now,
-        # not at its TTL, or back-to-back runs on a small machine see their own stale claims
-        from include.mlops.routing.training import release_training
 
-        release_training(training_task_key(ident), log=log)
+
+def _release(ident: RunIdentity, log: Log) -> None:
+    # the reservation bridged decision and start; a finished (or failed) training frees it now,
+    # not at its TTL, or back-to-back runs on a small machine see their own stale claims
+    from include.mlops.routing.training import release_training
+
+    release_training(training_task_key(ident), log=log)
+
+
+def trained_summary(config: Any, result: Any) -> dict[str, Any]:
     return {
         "output_dir": config.output_dir,
         "model_onnx_path": str(result.model_onnx_path),
@@ -218,7 +264,13 @@ def train(
 
 
 def _launch_training(
-    settings: ProjectSettings, ident: RunIdentity, config: Any, placement: dict[str, Any], log: Log, context: Any
+    settings: ProjectSettings,
+    ident: RunIdentity,
+    config: Any,
+    placement: dict[str, Any],
+    log: Log,
+    context: Any,
+    deferrable: bool = False,
 ) -> Any:
     from include.mlops.errors import PlacementError
 
@@ -231,7 +283,9 @@ def _launch_training(
         from include.mlops.training.pod import TrainingPodSettings, run_training_pod
 
         pod_settings = TrainingPodSettings.from_airflow(settings.data_root)
-        return run_training_pod(config, placement, pod_settings, context=context, run_name=ident.safe_name, log=log)
+        return run_training_pod(
+            config, placement, pod_settings, context=context, run_name=ident.safe_name, log=log, deferrable=deferrable
+        )
     if target == "docker":
         from include.mlops.training.container import TrainingContainerSettings, run_training_container
 

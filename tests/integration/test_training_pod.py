@@ -132,6 +132,8 @@ class Kubelet:
     async def serve_log(self, request: Any) -> bytes:
         """GET .../pods/<name>/log: with follow=true, streams until the container exits (here: at once after)."""
         name = request.url.path.rstrip("/").split("/")[-2]
+        if name not in self.finished:
+            return b""  # the container never started: nothing to show or to follow
         follow = str(request.params.get("follow", "false")).lower() == "true"
         deadline = time.monotonic() + 90
         while follow and time.monotonic() < deadline and not self._is_finished(name):
@@ -343,4 +345,99 @@ def test_pod_left_pending_past_schedule_timeout_fails_clearly(cluster: SimpleNam
             schedule_timeout_s=2,
         )
     assert time.monotonic() - t0 < 20
+    assert _pod_objects(cluster) == []
+
+
+# --- deferrable: the worker hands the pod to the triggerer and resumes from its event ---------------
+
+
+def _deferred(config: TrainConfig, data_root: Path, cluster: SimpleNamespace, **kw: Any) -> Any:
+    """Start the pod deferrable; the kubelet waits until the task has deferred (as a busy node would)."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    cluster.kubelet.schedulable = False
+    with pytest.raises(TaskDeferred) as deferred:
+        run_training_pod(
+            config,
+            a100_placement(),
+            _settings(data_root),
+            context=_context(),
+            run_name="manual__d",
+            deferrable=True,
+            **kw,
+        )
+    cluster.kubelet.schedulable = True
+    return deferred.value
+
+
+def _trigger_event(deferred: Any, timeout_s: float = 90) -> dict[str, Any]:
+    """What the triggerer does: rebuild the trigger from its serialized form and run it to its event."""
+    from airflow.sdk.module_loading import import_string
+
+    classpath, kwargs = deferred.trigger.serialize()
+    trigger = import_string(classpath)(**kwargs)
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("trigger ended without an event")
+
+    return asyncio.run(asyncio.wait_for(first(), timeout_s))
+
+
+def test_deferrable_pod_frees_the_worker_and_resumes_from_the_trigger_event(
+    cluster: SimpleNamespace, data_root: Path
+) -> None:
+    from include.mlops.training.pod import resume_training_pod
+
+    config = _config(data_root)
+    deferred = _deferred(config, data_root, cluster)
+    assert deferred.method_name == "trigger_reentry"
+    assert len(cluster.created) == 1 and not cluster.kubelet.exit_codes  # created, not yet run
+    kubernetes_validate.validate(cluster.created[0], K8S_SCHEMA_VERSION, strict=True)
+
+    event = _trigger_event(deferred)
+    assert event["status"] == "success", event
+    result = resume_training_pod(
+        config, a100_placement(), _settings(data_root), event, context=_context(), run_name="manual__d"
+    )
+    assert Path(result.model_onnx_path).is_file() and result.epochs_run == 1
+    assert _pod_objects(cluster) == []  # re-entry deleted the pod
+
+
+def test_deferrable_pod_failure_names_the_pod_exit_code_and_log_tail(cluster: SimpleNamespace, data_root: Path) -> None:
+    from include.mlops.training.pod import resume_training_pod
+
+    config = _config(data_root, batch=data_root / "landing" / "missing.parquet")
+    event = _trigger_event(_deferred(config, data_root, cluster))
+    assert event["status"] == "failed", event
+    with pytest.raises(TrainingFailed) as err:
+        resume_training_pod(
+            config, a100_placement(), _settings(data_root), event, context=_context(), run_name="manual__d"
+        )
+    name = cluster.created[0]["metadata"]["name"]
+    message = str(err.value)
+    assert f"{NAMESPACE}/{name} failed with exit code {cluster.kubelet.exit_codes[name]}" in message, message
+    assert "missing.parquet" in message, message
+    assert _pod_objects(cluster) == []
+
+
+def test_deferrable_pod_never_scheduled_times_out_in_the_trigger(cluster: SimpleNamespace, data_root: Path) -> None:
+    from include.mlops.training.pod import resume_training_pod
+
+    config = _config(data_root)
+    deferred = _deferred(config, data_root, cluster, schedule_timeout_s=2)
+    cluster.kubelet.schedulable = False  # the node never frees up
+    event = _trigger_event(deferred, timeout_s=30)
+    assert event["status"] == "timeout", event
+    with pytest.raises(TrainingFailed, match=r"did not start within schedule_timeout_seconds=2"):
+        resume_training_pod(
+            config,
+            a100_placement(),
+            _settings(data_root),
+            event,
+            context=_context(),
+            run_name="manual__d",
+            schedule_timeout_s=2,
+        )
     assert _pod_objects(cluster) == []

@@ -11,8 +11,9 @@ the repo's ``include/`` in its working directory. Kubernetes is imported inside 
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ def training_pod_operator(
     task_id: str = "train_pod",
     schedule_timeout_s: int | None = None,
     callbacks: Any = None,
+    deferrable: bool = False,
 ) -> Any:
     """A KubernetesPodOperator running ``python -m include.mlops.training.train --config <config_path>``
     with the placement's node selector, tolerations, resources, priority class and schedule timeout."""
@@ -127,6 +129,7 @@ def training_pod_operator(
         on_finish_action="delete_pod",
         log_events_on_failure=True,
         callbacks=callbacks,
+        deferrable=deferrable,
         **pod_kwargs,
     )
 
@@ -151,6 +154,40 @@ def _exit_code(remote_pod: Any) -> int | None:
     return None
 
 
+@dataclass
+class _PodRun:
+    op: Any
+    placement: Placement
+    config_path: Path
+    tail: collections.deque[str]
+
+
+def _pod_run(
+    config: TrainConfig,
+    placement: Placement | Mapping[str, Any],
+    settings: TrainingPodSettings,
+    *,
+    run_name: str,
+    schedule_timeout_s: int | None,
+    deferrable: bool,
+) -> _PodRun:
+    if isinstance(placement, Mapping):
+        placement = placement_from_dict(placement)
+    check_under_data_root(config, settings.data_root, where=f"the training pod (volume {DATA_VOLUME_CLAIM_VARIABLE})")
+    config_path = write_config(config)
+    tail: collections.deque[str] = collections.deque(maxlen=FAILURE_TAIL_LINES)
+    op = training_pod_operator(
+        str(config_path),
+        placement,
+        settings,
+        run_name=run_name,
+        schedule_timeout_s=schedule_timeout_s,
+        callbacks=_tail_callback(tail),
+        deferrable=deferrable,
+    )
+    return _PodRun(op, placement, config_path, tail)
+
+
 def run_training_pod(
     config: TrainConfig,
     placement: Placement | Mapping[str, Any],
@@ -160,38 +197,78 @@ def run_training_pod(
     run_name: str = "run",
     log: Callable[[str], None] = print,
     schedule_timeout_s: int | None = None,
+    deferrable: bool = False,
 ) -> TrainingResult:
-    """Launch the training pod, follow its log to the end, then read the result from the output dir.
+    """Launch the training pod, follow it to the end, then read the result from the output dir.
 
     ``context`` is the running task's context (default: Airflow's current one). Raises
     TrainingFailed naming the pod with its exit code and last log lines, or the schedule timeout.
+    ``deferrable``: once the pod is created the task defers (``TaskDeferred`` propagates: the
+    worker slot is freed, the triggerer watches the pod) and resumes in ``resume_training_pod``;
+    a pod already finished when it would defer is read at once.
     """
-    if isinstance(placement, Mapping):
-        placement = placement_from_dict(placement)
-    check_under_data_root(config, settings.data_root, where=f"the training pod (volume {DATA_VOLUME_CLAIM_VARIABLE})")
-    config_path = write_config(config)
+    run = _pod_run(
+        config, placement, settings, run_name=run_name, schedule_timeout_s=schedule_timeout_s, deferrable=deferrable
+    )
     if context is None:
         from airflow.sdk import get_current_context
 
         context = get_current_context()
-    tail: collections.deque[str] = collections.deque(maxlen=FAILURE_TAIL_LINES)
-    op = training_pod_operator(
-        str(config_path),
-        placement,
-        settings,
-        run_name=run_name,
-        schedule_timeout_s=schedule_timeout_s,
-        callbacks=_tail_callback(tail),
-    )
     log(
-        f"training pod on node pool {placement.node_pool!r} ({placement.gpu_type or 'no GPU'}), image "
+        f"training pod on node pool {run.placement.node_pool!r} ({run.placement.gpu_type or 'no GPU'}), image "
         f"{settings.image}, data root {settings.data_root} from PVC {settings.data_volume_claim}, "
-        f"schedule timeout {op.schedule_timeout_seconds}s (expected wait {placement.expected_wait_s:.0f}s)"
+        f"schedule timeout {run.op.schedule_timeout_seconds}s (expected wait {run.placement.expected_wait_s:.0f}s)"
+        f"{', deferrable: the triggerer watches the pod' if deferrable else ''}"
     )
+    with _failures_named(run):
+        run.op.execute(context)
+    return TrainingResult.from_output_dir(config.output_dir)
+
+
+def resume_training_pod(
+    config: TrainConfig,
+    placement: Placement | Mapping[str, Any],
+    settings: TrainingPodSettings,
+    event: dict[str, Any],
+    *,
+    context: Any,
+    run_name: str = "run",
+    log: Callable[[str], None] = print,
+    schedule_timeout_s: int | None = None,
+) -> TrainingResult:
+    """Pick a deferred training pod up again from the trigger's event: its log into the task log,
+    the pod deleted, and the result (or a TrainingFailed as ``run_training_pod`` names it)."""
+    run = _pod_run(
+        config, placement, settings, run_name=run_name, schedule_timeout_s=schedule_timeout_s, deferrable=True
+    )
+    log(f"training pod {event.get('namespace')}/{event.get('name')}: trigger says {event.get('status')!r}")
     from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
 
+    if event.get("status") != "success":
+        # re-entry writes the log but calls no progress callback, and deletes the pod: keep the tail now
+        run.tail.extend(_log_tail(run.op, event))
+    with _failures_named(run):
+        try:
+            run.op.trigger_reentry(context, event)
+        except Exception as exc:
+            # the trigger turns a pod that never started into status "timeout" (an execution_timeout
+            # deadline also says timeout, naming the deadline): name it as the synchronous path does
+            message = str(event.get("message", ""))
+            if event.get("status") == "timeout" and "deadline" not in message:
+                raise PodLaunchTimeoutException(message) from exc
+            raise
+    return TrainingResult.from_output_dir(config.output_dir)
+
+
+@contextlib.contextmanager
+def _failures_named(run: _PodRun) -> Iterator[None]:
+    """KPO's errors -> TrainingFailed naming the pod, its exit code and last log lines (or the schedule
+    timeout); TaskDeferred (a BaseException) passes through untouched."""
+    from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
+
+    op, placement = run.op, run.placement
     try:
-        op.execute(context)
+        yield
     except Exception as exc:
         # KPO's cleanup (delete_pod) re-raises a generic "returned a failure" with the pod dump; the
         # cause it hides (schedule timeout) is in the chain
@@ -199,17 +276,26 @@ def run_training_pod(
             raise TrainingFailed(
                 f"training pod {_pod_ref(op)} did not start within schedule_timeout_seconds="
                 f"{op.schedule_timeout_seconds} (placement expected a wait of {placement.expected_wait_s:.0f}s on "
-                f"node pool {placement.node_pool!r}); the pod was deleted, a retry asks the router again"
+                f"node pool {placement.node_pool!r}); the pod was deleted. Clear `route` to place it again"
             ) from exc
-        code = _exit_code(op.remote_pod)
-        last = "\n".join(tail) or "(no output)"
+        code = _exit_code(op.remote_pod or op.pod)
+        last = "\n".join(run.tail) or "(no output)"
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TrainingFailed(
             f"training pod {_pod_ref(op)} failed"
-            f"{f' with exit code {code}' if code is not None else ''} (config {config_path}): {first_line}\n"
+            f"{f' with exit code {code}' if code is not None else ''} (config {run.config_path}): {first_line}\n"
             f"Last log lines:\n{last}"
         ) from exc
-    return TrainingResult.from_output_dir(config.output_dir)
+
+
+def _log_tail(op: Any, event: Mapping[str, Any]) -> list[str]:
+    try:
+        text = op.client.read_namespaced_pod_log(
+            name=event["name"], namespace=event["namespace"], container=CONTAINER_NAME, tail_lines=FAILURE_TAIL_LINES
+        )
+    except Exception:  # noqa: BLE001 - the tail only decorates the failure message
+        return []
+    return str(text).splitlines()[-FAILURE_TAIL_LINES:]
 
 
 def _in_chain(exc: BaseException, kind: type[BaseException]) -> bool:
