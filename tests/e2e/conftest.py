@@ -69,17 +69,20 @@ class Deployment:
             "AIRFLOW_CONN_DOCKER_DEFAULT": json.dumps({"conn_type": "docker", "host": "unix:///nonexistent.sock"}),
         }
 
-    def dags_test(self, dag_id: str, conf: dict[str, Any], timeout_s: float = 420) -> DagRunResult:
-        return self.start_dags_test(dag_id, conf).wait(timeout_s)
+    def dags_test(
+        self, dag_id: str, conf: dict[str, Any], timeout_s: float = 420, env: dict[str, str] | None = None
+    ) -> DagRunResult:
+        return self.start_dags_test(dag_id, conf, env).wait(timeout_s)
 
-    def start_dags_test(self, dag_id: str, conf: dict[str, Any]) -> RunningDagTest:
-        """`airflow dags test` in the background (for runs a test must act on while they wait)."""
+    def start_dags_test(self, dag_id: str, conf: dict[str, Any], env: dict[str, str] | None = None) -> RunningDagTest:
+        """`airflow dags test` in the background (for runs a test must act on while they wait);
+        ``env`` adds to (or overrides) the deployment's environment for this run only."""
         before = set(self._run_ids(dag_id))
         log_path = self.logs / f"{dag_id}-{len(list(self.logs.iterdir()))}.log"
         with log_path.open("w") as out:
             proc = subprocess.Popen(
                 [str(VENV_BIN / "airflow"), "dags", "test", dag_id, "-c", json.dumps(conf)],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,

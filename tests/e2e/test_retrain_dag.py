@@ -7,6 +7,8 @@ the gate must reject.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from include.mlops.assets import MODEL_CHALLENGER_READY
@@ -134,4 +136,59 @@ def test_training_waits_for_capacity_without_holding_a_worker_then_runs(deployme
     assert run.reschedules.get("route", 0) >= 1, (run.reschedules, run.explain())
     assert "waiting for capacity" in run.log and "CPU" in run.log, run.explain()
     assert run.tasks["train.local"] == "success", run.explain()
+    assert ReservationBook(deployment.base / "router" / "book.sqlite").active() == []
+
+
+INVENTORY = """
+source: e2e-cluster
+pool_label: karpenter.sh/nodepool
+nodes:
+  - {name: gpu-a100-1, node_pool: a100-pool, gpu_type: NVIDIA-A100-SXM4-80GB, gpus: 8, gpus_used: 6, cpu: "96",
+     memory: 1Ti}
+"""
+
+
+def test_a_gpu_placement_trains_in_a_deferred_kubernetes_pod_holding_its_gpu_pool_slot(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The router (static inventory: an A100 node with 2 free GPUs) places training on Kubernetes:
+    `route` branches to train.gpu_1 (pool gpu_training, 1 slot), which creates the pod and defers;
+    the trigger watches it over the API stand-in and the task resumes, reads the model, and the
+    run registers it like any other."""
+    import kubernetes_validate
+
+    from tests.k8s_standin import NAMESPACE, kubernetes_standin, live_pods
+
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(INVENTORY)
+    batch = deployment.write_batch("2026-12-07", n_rows=6_000, seed=16)
+    with kubernetes_standin(tmp_path) as k8s:
+        env = {
+            "AIRFLOW_CONN_KUBERNETES_DEFAULT": k8s.conn_json,
+            "AIRFLOW_VAR_ROUTER_CAPACITY_SOURCE": f"inventory:{inventory}",
+            "AIRFLOW_VAR_MLOPS_TRAINING_IMAGE": "registry.local/mlops-train:e2e",
+            "AIRFLOW_VAR_MLOPS_DATA_VOLUME_CLAIM": "mlops-data",
+        }
+        run = deployment.dags_test("retrain", {"batch_path": str(batch), "epochs": 1}, env=env)
+        left = live_pods(k8s)
+
+    assert run.state == "success", run.explain()
+    assert run.tasks["train.gpu_1"] == "success" and run.pools["train.gpu_1"] == ("gpu_training", 1), run.explain()
+    assert {run.tasks[t] for t in LAUNCH_TASKS if t != "train.gpu_1"} == {"skipped"}, run.explain()
+    assert "deferrable: the triggerer watches the pod" in run.log and "running trigger in line" in run.log
+    (manifest,) = k8s.created
+    kubernetes_validate.validate(manifest, "1.30", strict=True)
+    assert manifest["metadata"]["namespace"] == NAMESPACE
+    assert manifest["spec"]["nodeSelector"] == {
+        "karpenter.sh/nodepool": "a100-pool",
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+    }
+    assert manifest["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert left == [], "the pod was not deleted after training"
+    version = _versions(deployment)[-1]
+    assert version.tags["airflow.run_key"] == f"retrain/{run.run_id}"
+    mrun = MlflowRegistry(deployment.mlflow_uri).client.get_run(version.run_id)
+    assert mrun.data.tags["placement.target"] == "kubernetes"
+    from include.mlops.routing.reservations import ReservationBook
+
     assert ReservationBook(deployment.base / "router" / "book.sqlite").active() == []

@@ -9,14 +9,8 @@ Succeeded/Failed with the real exit code, and serves the output at the pod's ``l
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
-import re
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,7 +21,7 @@ from include.mlops.errors import TrainingFailed
 from include.mlops.routing.model import Claim, Explanation, Placement
 from include.mlops.training.config import TrainConfig
 from include.mlops.training.pod import TrainingPodSettings, run_training_pod
-from include.mlops.training.runner import repo_root, training_environment, training_python
+from tests.k8s_standin import NAMESPACE, kubernetes_standin, live_pods
 
 kmock = pytest.importorskip("kmock")
 pytest.importorskip("kubernetes")
@@ -35,7 +29,6 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 pytestmark = pytest.mark.slow
 
-NAMESPACE = "ml-train"
 FAST = {"batch_size": 64, "learning_rate_per_step": 3e-3, "holdout_fraction": 0.2, "epochs": 1}
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 K8S_SCHEMA_VERSION = "1.30"
@@ -60,150 +53,12 @@ def a100_placement(expected_wait_s: float = 30.0) -> Placement:
     )
 
 
-class Kubelet:
-    """Runs created pods' commands locally (the image's `python` is the training interpreter)."""
-
-    def __init__(self, api_url: str, python: str) -> None:
-        from kubernetes import client
-
-        cfg = client.Configuration()
-        cfg.host = api_url
-        self.api = client.CoreV1Api(client.ApiClient(cfg))
-        self.python = python
-        self.schedulable = True  # False: pods stay Pending (no node fits)
-        self.logs: dict[str, bytes] = {}
-        self.finished: dict[str, threading.Event] = {}
-        self.exit_codes: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _loop(self) -> None:
-        seen: set[str] = set()
-        while not self._stop.wait(0.1):
-            if not self.schedulable:
-                continue
-            for pod in self.api.list_namespaced_pod(NAMESPACE).items:
-                if pod.metadata.name not in seen:
-                    seen.add(pod.metadata.name)
-                    threading.Thread(target=self._run, args=(pod,), daemon=True).start()
-
-    def _status(self, name: str, phase: str, state: dict[str, Any]) -> None:
-        scheduled = {"type": "PodScheduled", "status": "True"}
-        status = {
-            "phase": phase,
-            "conditions": [scheduled],
-            "containerStatuses": [
-                {"name": "base", "image": "trainer", "imageID": "", "ready": phase == "Running", "restartCount": 0}
-                | {"state": state}
-            ],
-        }
-        self.api.patch_namespaced_pod(name, NAMESPACE, {"status": status})
-
-    def _run(self, pod: Any) -> None:
-        name = pod.metadata.name
-        self.finished[name] = threading.Event()
-        container = pod.spec.containers[0]
-        cmd = [*(container.command or []), *(container.args or [])]
-        cmd = [self.python if i == 0 and part == "python" else part for i, part in enumerate(cmd)]
-        now = datetime.now(UTC).isoformat()
-        self._status(name, "Running", {"running": {"startedAt": now}})
-        env = training_environment({**{e.name: e.value for e in container.env or []}, "PATH": "/usr/bin:/bin"})
-        try:
-            proc = subprocess.run(
-                cmd, cwd=repo_root(), env=env, capture_output=True, timeout=90, check=False, stdin=subprocess.DEVNULL
-            )
-            code, out = proc.returncode, proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as exc:
-            code, out = 137, (exc.stdout or b"") + b"killed after 90 s"
-        self.logs[name] = out
-        self.exit_codes[name] = code
-        end = datetime.now(UTC).isoformat()
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": end}
-        self._status(name, "Succeeded" if code == 0 else "Failed", {"terminated": terminated})
-        self.finished[name].set()
-
-    async def serve_log(self, request: Any) -> bytes:
-        """GET .../pods/<name>/log: with follow=true, streams until the container exits (here: at once after)."""
-        name = request.url.path.rstrip("/").split("/")[-2]
-        if name not in self.finished:
-            return b""  # the container never started: nothing to show or to follow
-        follow = str(request.params.get("follow", "false")).lower() == "true"
-        deadline = time.monotonic() + 90
-        while follow and time.monotonic() < deadline and not self._is_finished(name):
-            await asyncio.sleep(0.05)
-        return self.logs.get(name, b"")
-
-    def _is_finished(self, name: str) -> bool:
-        ev = self.finished.get(name)
-        return ev is not None and ev.is_set()
-
-
 @pytest.fixture()
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
     """API stand-in + kubelet stand-in; connection kubernetes_default points at them by kubeconfig."""
-    from kmock._internal.apps import Server
-
-    created: list[dict[str, Any]] = []
-
-    class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc,name-defined]
-        async def _handle(self, request: Any) -> Any:
-            # the API server defaults status.phase on create (kmock stores the body as sent)
-            if request.action == kmock.action.CREATE and request.url.path.endswith("/pods"):
-                created.append(copy.deepcopy(request.data))
-                request.data.setdefault("status", {"phase": "Pending"})
-            return await super()._handle(request)
-
-    state: dict[str, Any] = {}
-    ready = threading.Event()
-    kubelet_box: dict[str, Kubelet] = {}
-
-    async def serve_log(request: Any) -> bytes:
-        return await kubelet_box["k"].serve_log(request)
-
-    async def serve() -> None:
-        async with ApiServer() as handler, Server(handler) as server:
-            handler.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True)
-            handler.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True)
-            handler["get", re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/log")] << serve_log
-            stop = asyncio.Event()
-            state.update(url=str(server.url).rstrip("/"), loop=asyncio.get_running_loop(), stop=stop, handler=handler)
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
-    thread.start()
-    assert ready.wait(15), "kmock did not start"
-    kubeconfig = tmp_path / "kubeconfig.yaml"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "standin", "cluster": {"server": state["url"]}}],
-                "users": [{"name": "airflow", "user": {"token": "test-token"}}],
-                "contexts": [
-                    {"name": "standin", "context": {"cluster": "standin", "user": "airflow", "namespace": NAMESPACE}}
-                ],
-                "current-context": "standin",
-            }
-        )
-    )
-    conn = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig), "namespace": NAMESPACE}}
-    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(conn))
-    kubelet = Kubelet(state["url"], training_python())
-    kubelet_box["k"] = kubelet
-    kubelet.start()
-    yield SimpleNamespace(url=state["url"], kubelet=kubelet, created=created, handler=state["handler"])
-    kubelet.stop()
-    state["loop"].call_soon_threadsafe(state["stop"].set)
-    thread.join(10)
+    with kubernetes_standin(tmp_path, NAMESPACE) as standin:
+        monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", standin.conn_json)
+        yield standin
 
 
 @pytest.fixture()
@@ -238,9 +93,7 @@ def _settings(data_root: Path) -> TrainingPodSettings:
 
 
 def _pod_objects(cluster: SimpleNamespace) -> list[Any]:
-    return [
-        obj for (res, _ns, _name), obj in cluster.handler.objects.items() if res.plural == "pods" and not obj.deleted
-    ]
+    return live_pods(cluster)
 
 
 def test_pod_carries_the_placement_trains_on_the_shared_data_root_and_is_deleted(
