@@ -7,6 +7,7 @@ the gate must reject.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,35 @@ def test_a_gpu_placement_trains_in_a_deferred_kubernetes_pod_holding_its_gpu_poo
     from include.mlops.routing.reservations import ReservationBook
 
     assert ReservationBook(deployment.base / "router" / "book.sqlite").active() == []
+
+
+def test_on_the_docker_source_training_runs_in_a_container_in_the_cpu_launch(deployment: Deployment) -> None:
+    """Capacity source `docker`: no GPU here, so the CPU fallback places training on the local
+    engine; `route` branches to train.cpu (default_pool x1), which runs a DockerOperator container."""
+    import docker
+
+    from include.mlops.build import engine_available
+    from tests.docker_trainer import dev_trainer_image, interpreter_mounts
+
+    up, why = engine_available()
+    if not up:
+        pytest.skip(f"{why}; CI runs docker/start_engine.sh first")
+    batch = deployment.write_batch("2026-12-14", n_rows=6_000, seed=17)
+    with dev_trainer_image() as image:
+        env = {
+            "AIRFLOW_VAR_ROUTER_CAPACITY_SOURCE": "docker",
+            # the deployment points docker_default nowhere (its releases skip image builds); this run has an engine
+            "AIRFLOW_CONN_DOCKER_DEFAULT": json.dumps({"conn_type": "docker", "host": "unix:///var/run/docker.sock"}),
+            "AIRFLOW_VAR_MLOPS_TRAINING_IMAGE": image,
+            "AIRFLOW_VAR_MLOPS_TRAINING_DOCKER_MOUNTS": json.dumps([f"{h}:{c}" for h, c in interpreter_mounts()]),
+        }
+        run = deployment.dags_test("retrain", {"batch_path": str(batch), "epochs": 1}, env=env)
+        left = docker.from_env().containers.list(all=True, filters={"label": "app.kubernetes.io/name=mlops-training"})
+
+    assert run.state == "success", run.explain()
+    assert run.tasks["train.cpu"] == "success" and run.pools["train.cpu"] == ("default_pool", 1), run.explain()
+    assert {run.tasks[t] for t in LAUNCH_TASKS if t != "train.cpu"} == {"skipped"}, run.explain()
+    assert "training container mlops-train-" in run.log and image in run.log, run.explain()
+    assert left == []
+    mrun = MlflowRegistry(deployment.mlflow_uri).client.get_run(_versions(deployment)[-1].run_id)
+    assert mrun.data.tags["placement.target"] == "docker"

@@ -10,11 +10,9 @@ engine answers.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +21,6 @@ from typing import Any
 import pytest
 
 from include.mlops.build import engine_available
-from include.mlops.build.docker_builder import DEFAULT_BASE_IMAGE
 from include.mlops.errors import SettingsError, TrainingFailed
 from include.mlops.training.config import TrainConfig
 from include.mlops.training.container import (
@@ -32,7 +29,7 @@ from include.mlops.training.container import (
     parse_mounts,
     run_training_container,
 )
-from include.mlops.training.runner import repo_root, training_python
+from tests.docker_trainer import dev_trainer_image, interpreter_mounts
 
 ENGINE_UP, ENGINE_REASON = engine_available()
 pytestmark = [
@@ -43,36 +40,10 @@ FAST = {"batch_size": 64, "learning_rate_per_step": 3e-3, "holdout_fraction": 0.
 LABEL = "io.mlops.test"
 
 
-def _interpreter_mounts() -> list[tuple[str, str]]:
-    """Read-only mounts that make the training venv run in the base image: the working tree (which
-    holds .venv-train and include/) and, when the venv's interpreter is not Debian's own
-    /usr/bin/python3.11 (which the base image has), that interpreter's prefix."""
-    root = str(repo_root())
-    mounts = [(root, root)]
-    real = Path(training_python()).resolve()
-    prefix = real.parents[1]
-    if prefix != Path("/usr") and not str(prefix).startswith(root):
-        mounts.append((str(prefix), str(prefix)))
-    return mounts
-
-
 @pytest.fixture(scope="module")
 def trainer_image() -> Iterator[str]:
-    import docker
-
-    client = docker.from_env(timeout=120)
-    tag = f"mlops-train-dev:{uuid.uuid4().hex[:8]}"
-    dockerfile = (
-        f"FROM {DEFAULT_BASE_IMAGE}\n"
-        f"ENV PYTHONPATH={repo_root()} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1\n"
-        f'ENTRYPOINT ["{training_python()}", "-m", "include.mlops.training.train"]\n'
-        f"LABEL {LABEL}=1\n"
-    )
-    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
-    yield tag
-    for c in client.containers.list(all=True, filters={"label": "app.kubernetes.io/name=mlops-training"}):
-        c.remove(force=True)
-    client.images.remove(tag, force=True)
+    with dev_trainer_image() as tag:
+        yield tag
 
 
 @pytest.fixture()
@@ -116,7 +87,7 @@ def test_training_runs_in_a_container_with_the_placements_limits(trainer_image: 
     import docker
 
     settings = TrainingContainerSettings(
-        image=trainer_image, data_root=str(data_root), extra_mounts=tuple(_interpreter_mounts())
+        image=trainer_image, data_root=str(data_root), extra_mounts=tuple(interpreter_mounts())
     )
     client = docker.from_env()
     logs: list[str] = []
@@ -151,7 +122,7 @@ def test_training_runs_in_a_container_with_the_placements_limits(trainer_image: 
 
 def test_a_failing_training_names_the_container_exit_and_log_tail(trainer_image: str, data_root: Path) -> None:
     settings = TrainingContainerSettings(
-        image=trainer_image, data_root=str(data_root), extra_mounts=tuple(_interpreter_mounts())
+        image=trainer_image, data_root=str(data_root), extra_mounts=tuple(interpreter_mounts())
     )
     broken = data_root / "landing" / "broken.parquet"
     broken.write_bytes(b"not parquet")

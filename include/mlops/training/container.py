@@ -162,7 +162,8 @@ def run_training_container(
         tail = collections.deque((ln.rstrip("\n") for chunk in logs for ln in chunk.splitlines()), FAILURE_TAIL_LINES)
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TrainingFailed(
-            f"training container {op.container_name} (image {settings.image}) failed (config {config_path}): "
+            f"training container {op.container_name} on {op.docker_url} (image {settings.image}) failed "
+            f"(config {config_path}): "
             f"{first_line}\nLast log lines:\n{chr(10).join(tail) or '(no output)'}"
         ) from exc
     return TrainingResult.from_output_dir(config.output_dir)
