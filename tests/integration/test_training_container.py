@@ -153,6 +153,7 @@ def test_limits_and_mount_settings() -> None:
     assert req.count == 2 and req.capabilities == [["gpu"]]
     assert "device_requests" not in container_limits(_placement())
     assert parse_mounts(json.dumps(["/a:/b", "/c:/c"])) == (("/a", "/b"), ("/c", "/c"))
+    assert parse_mounts("") == parse_mounts("[]") == ()
     with pytest.raises(SettingsError, match="'relative:/b' must be 'HOST_PATH:CONTAINER_PATH', both absolute"):
         parse_mounts('["relative:/b"]')
     with pytest.raises(SettingsError, match="is not JSON"):

@@ -65,6 +65,8 @@ class TrainingContainerSettings:
 
 def parse_mounts(raw: str | list[Any]) -> tuple[tuple[str, str], ...]:
     """``["host:container", ...]`` (JSON or a list) -> ((host, container), ...), absolute paths only."""
+    if isinstance(raw, str) and not raw.strip():
+        return ()
     try:
         items = json.loads(raw) if isinstance(raw, str) else raw
     except json.JSONDecodeError as exc:
