@@ -92,7 +92,9 @@ def via_airflow(batch: str, epochs: int) -> dict[str, float]:
             raise SystemExit(f"airflow run did not succeed ({runs}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
         run_id = runs[0][0]
         rows = c.execute(
-            "SELECT task_id, start_date, end_date FROM task_instance WHERE dag_id = 'retrain' AND run_id = ?",
+            # tasks that ran: the branch's skipped train.* launches never reach a worker
+            "SELECT task_id, start_date, end_date FROM task_instance WHERE dag_id = 'retrain' AND run_id = ?"
+            " AND state = 'success'",
             (run_id,),
         ).fetchall()
         (xcom,) = c.execute(
@@ -102,6 +104,8 @@ def via_airflow(batch: str, epochs: int) -> dict[str, float]:
         ).fetchone()
     value = json.loads(xcom)
     trained = json.loads(value) if isinstance(value, str) else value
+    if {r[0] for r in rows} != set(TASKS):
+        raise SystemExit(f"expected the tasks {TASKS} to run, got {sorted(r[0] for r in rows)}")
     starts = [_ts(r[1]) for r in rows if r[1]]
     ends = [_ts(r[2]) for r in rows if r[2]]
     return {

@@ -79,9 +79,14 @@ def _config(data_root: Path, batch: Path | None = None) -> TrainConfig:
     )
 
 
-def _context() -> dict[str, Any]:
+def _context(try_number: int = 1) -> dict[str, Any]:
     ti = SimpleNamespace(
-        dag_id="retrain", task_id="train", run_id="manual__1", try_number=1, map_index=-1, xcom_push=lambda **kw: None
+        dag_id="retrain",
+        task_id="train",
+        run_id="manual__1",
+        try_number=try_number,
+        map_index=-1,
+        xcom_push=lambda **kw: None,
     )
     return {"ti": ti, "task_instance": ti, "run_id": "manual__1", "dag": SimpleNamespace(dag_id="retrain")}
 
@@ -204,7 +209,7 @@ def test_pod_left_pending_past_schedule_timeout_fails_clearly(cluster: SimpleNam
 # --- deferrable: the worker hands the pod to the triggerer and resumes from its event ---------------
 
 
-def _deferred(config: TrainConfig, data_root: Path, cluster: SimpleNamespace, **kw: Any) -> Any:
+def _deferred(config: TrainConfig, data_root: Path, cluster: SimpleNamespace, hold: bool = False, **kw: Any) -> Any:
     """Start the pod deferrable; the kubelet waits until the task has deferred (as a busy node would)."""
     from airflow.sdk.exceptions import TaskDeferred
 
@@ -219,7 +224,7 @@ def _deferred(config: TrainConfig, data_root: Path, cluster: SimpleNamespace, **
             deferrable=True,
             **kw,
         )
-    cluster.kubelet.schedulable = True
+    cluster.kubelet.schedulable = not hold
     return deferred.value
 
 
@@ -279,8 +284,7 @@ def test_deferrable_pod_never_scheduled_times_out_in_the_trigger(cluster: Simple
     from include.mlops.training.pod import resume_training_pod
 
     config = _config(data_root)
-    deferred = _deferred(config, data_root, cluster, schedule_timeout_s=2)
-    cluster.kubelet.schedulable = False  # the node never frees up
+    deferred = _deferred(config, data_root, cluster, hold=True, schedule_timeout_s=2)  # the node never frees up
     event = _trigger_event(deferred, timeout_s=30)
     assert event["status"] == "timeout", event
     with pytest.raises(TrainingFailed, match=r"did not start within schedule_timeout_seconds=2"):
@@ -294,3 +298,32 @@ def test_deferrable_pod_never_scheduled_times_out_in_the_trigger(cluster: Simple
             schedule_timeout_s=2,
         )
     assert _pod_objects(cluster) == []
+
+
+def test_a_retry_after_the_worker_died_reattaches_to_the_running_pod(cluster: SimpleNamespace, data_root: Path) -> None:
+    """The worker created the pod and died before the deferral was recorded; the retry (try 2) finds
+    the pod by its run/task labels and watches it instead of starting a second training."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from include.mlops.training.pod import resume_training_pod
+
+    config = _config(data_root)
+    _deferred(config, data_root, cluster, hold=True)  # the pod stays Pending until the retry watches it
+    with pytest.raises(TaskDeferred) as again:
+        run_training_pod(
+            config,
+            a100_placement(),
+            _settings(data_root),
+            context=_context(try_number=2),
+            run_name="manual__d",
+            deferrable=True,
+        )
+    assert len(cluster.created) == 1, "the retry created a second pod"
+    cluster.kubelet.schedulable = True
+    event = _trigger_event(again.value)
+    assert event["status"] == "success", event
+    result = resume_training_pod(
+        config, a100_placement(), _settings(data_root), event, context=_context(try_number=2), run_name="manual__d"
+    )
+    assert Path(result.model_onnx_path).is_file()
+    assert len(cluster.kubelet.exit_codes) == 1 and _pod_objects(cluster) == []
