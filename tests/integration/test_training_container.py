@@ -30,13 +30,13 @@ from include.mlops.training.container import (
     run_training_container,
 )
 from tests.docker_trainer import dev_trainer_image, interpreter_mounts
+from tests.training_fixtures import fast_config, small_data_root
 
 ENGINE_UP, ENGINE_REASON = engine_available()
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not ENGINE_UP, reason=f"{ENGINE_REASON}; CI runs docker/start_engine.sh first"),
 ]
-FAST = {"batch_size": 64, "learning_rate_per_step": 3e-3, "holdout_fraction": 0.2, "epochs": 1}
 LABEL = "io.mlops.test"
 
 
@@ -48,20 +48,7 @@ def trainer_image() -> Iterator[str]:
 
 @pytest.fixture()
 def data_root(tmp_path: Path) -> Path:
-    from include.mlops.data.generate import write_batch
-
-    root = tmp_path / "data"
-    (root / "landing").mkdir(parents=True)
-    write_batch(root / "landing", "2026-11-02", n_rows=600, seed=5)
-    return root
-
-
-def _config(data_root: Path, batch: Path | None = None) -> TrainConfig:
-    batch = batch or next((data_root / "landing").iterdir())
-    run = data_root / "runs" / "manual__1"
-    return TrainConfig(
-        data_path=str(batch), output_dir=str(run / "output"), checkpoint_dir=str(run / "checkpoints"), **FAST
-    )
+    return small_data_root(tmp_path)
 
 
 def _placement(cpu: str = "1", memory: str = "2Gi", gpus: int = 0) -> dict[str, Any]:
@@ -93,7 +80,7 @@ def test_training_runs_in_a_container_with_the_placements_limits(trainer_image: 
     logs: list[str] = []
     started = int(time.time()) - 1
     result = run_training_container(
-        _config(data_root),
+        fast_config(data_root),
         _placement(cpu="1500m", memory="3Gi"),
         settings,
         context=_context(),
@@ -128,7 +115,7 @@ def test_a_failing_training_names_the_container_exit_and_log_tail(trainer_image:
     broken.write_bytes(b"not parquet")
     with pytest.raises(TrainingFailed) as err:
         run_training_container(
-            _config(data_root, broken), _placement(), settings, context=_context(), run_name="manual__2"
+            fast_config(data_root, broken), _placement(), settings, context=_context(), run_name="manual__2"
         )
     text = str(err.value)
     assert "training container mlops-train-manual__2" in text and trainer_image in text

@@ -22,6 +22,7 @@ from include.mlops.routing.model import Claim, Explanation, Placement
 from include.mlops.training.config import TrainConfig
 from include.mlops.training.pod import TrainingPodSettings, run_training_pod
 from tests.k8s_standin import NAMESPACE, kubernetes_standin, live_pods
+from tests.training_fixtures import FAST, fast_config, small_data_root
 
 kmock = pytest.importorskip("kmock")
 pytest.importorskip("kubernetes")
@@ -29,7 +30,6 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 pytestmark = pytest.mark.slow
 
-FAST = {"batch_size": 64, "learning_rate_per_step": 3e-3, "holdout_fraction": 0.2, "epochs": 1}
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 K8S_SCHEMA_VERSION = "1.30"
 
@@ -63,20 +63,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleN
 
 @pytest.fixture()
 def data_root(tmp_path: Path) -> Path:
-    from include.mlops.data.generate import write_batch
-
-    root = tmp_path / "data"
-    (root / "landing").mkdir(parents=True)
-    write_batch(root / "landing", "2026-11-02", n_rows=600, seed=5)
-    return root
-
-
-def _config(data_root: Path, batch: Path | None = None) -> TrainConfig:
-    batch = batch or next((data_root / "landing").iterdir())
-    run = data_root / "runs" / "manual__1"
-    return TrainConfig(
-        data_path=str(batch), output_dir=str(run / "output"), checkpoint_dir=str(run / "checkpoints"), **FAST
-    )
+    return small_data_root(tmp_path)
 
 
 def _context(try_number: int = 1) -> dict[str, Any]:
@@ -104,7 +91,7 @@ def _pod_objects(cluster: SimpleNamespace) -> list[Any]:
 def test_pod_carries_the_placement_trains_on_the_shared_data_root_and_is_deleted(
     cluster: SimpleNamespace, data_root: Path
 ) -> None:
-    config = _config(data_root)
+    config = fast_config(data_root)
     lines: list[str] = []
     t0 = time.monotonic()
     result = run_training_pod(
@@ -177,7 +164,7 @@ def test_retraining_train_dispatches_kubernetes_placement_and_returns_the_local_
 
 
 def test_failed_training_pod_names_the_pod_exit_code_and_log_tail(cluster: SimpleNamespace, data_root: Path) -> None:
-    config = _config(data_root, batch=data_root / "landing" / "missing.parquet")
+    config = fast_config(data_root, batch=data_root / "landing" / "missing.parquet")
     with pytest.raises(TrainingFailed) as err:
         run_training_pod(config, a100_placement(), _settings(data_root), context=_context(), run_name="manual__1")
     name = cluster.created[0]["metadata"]["name"]
@@ -195,7 +182,7 @@ def test_pod_left_pending_past_schedule_timeout_fails_clearly(cluster: SimpleNam
         TrainingFailed, match=r"did not start within schedule_timeout_seconds=2 .*expected a wait of 30s"
     ):
         run_training_pod(
-            _config(data_root),
+            fast_config(data_root),
             a100_placement(expected_wait_s=30),
             _settings(data_root),
             context=_context(),
@@ -248,7 +235,7 @@ def test_deferrable_pod_frees_the_worker_and_resumes_from_the_trigger_event(
 ) -> None:
     from include.mlops.training.pod import resume_training_pod
 
-    config = _config(data_root)
+    config = fast_config(data_root)
     deferred = _deferred(config, data_root, cluster)
     assert deferred.method_name == "trigger_reentry"
     assert len(cluster.created) == 1 and not cluster.kubelet.exit_codes  # created, not yet run
@@ -266,7 +253,7 @@ def test_deferrable_pod_frees_the_worker_and_resumes_from_the_trigger_event(
 def test_deferrable_pod_failure_names_the_pod_exit_code_and_log_tail(cluster: SimpleNamespace, data_root: Path) -> None:
     from include.mlops.training.pod import resume_training_pod
 
-    config = _config(data_root, batch=data_root / "landing" / "missing.parquet")
+    config = fast_config(data_root, batch=data_root / "landing" / "missing.parquet")
     event = _trigger_event(_deferred(config, data_root, cluster))
     assert event["status"] == "failed", event
     with pytest.raises(TrainingFailed) as err:
@@ -283,7 +270,7 @@ def test_deferrable_pod_failure_names_the_pod_exit_code_and_log_tail(cluster: Si
 def test_deferrable_pod_never_scheduled_times_out_in_the_trigger(cluster: SimpleNamespace, data_root: Path) -> None:
     from include.mlops.training.pod import resume_training_pod
 
-    config = _config(data_root)
+    config = fast_config(data_root)
     deferred = _deferred(config, data_root, cluster, hold=True, schedule_timeout_s=2)  # the node never frees up
     event = _trigger_event(deferred, timeout_s=30)
     assert event["status"] == "timeout", event
@@ -307,7 +294,7 @@ def test_a_retry_after_the_worker_died_reattaches_to_the_running_pod(cluster: Si
 
     from include.mlops.training.pod import resume_training_pod
 
-    config = _config(data_root)
+    config = fast_config(data_root)
     _deferred(config, data_root, cluster, hold=True)  # the pod stays Pending until the retry watches it
     with pytest.raises(TaskDeferred) as again:
         run_training_pod(
