@@ -46,20 +46,81 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+
 @contextlib.contextmanager
 def airflow_api_server(base: Path, users: dict[str, str], env: dict[str, str] | None = None) -> Iterator[ApiServer]:
     """Start the api-server on a free loopback port; users maps name -> SimpleAuthManager role ('' = none)."""
     base.mkdir(parents=True, exist_ok=True)
     passwords = {u: secrets.token_urlsafe(12) for u in users}
     (base / "passwords.json").write_text(json.dumps(passwords))
-    port = _free_port()
-    full_env = {
-        **os.environ,
-        **(env or {}),
+    auth_env = {
         "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in users.items()),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(base / "passwords.json"),
+    }
+    with _serve(base, {**os.environ, **(env or {}), **auth_env}, passwords) as server:
+        yield server
+
+
+def airflow_cli(env: dict[str, str], *args: str, timeout_s: float = 120) -> str:
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), *args],
+        env=env, capture_output=True, text=True, timeout=timeout_s, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, f"airflow {' '.join(args)} failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+    return out.stdout
+
+
+_FAB_SETUP = """
+import json, sys
+from airflow.providers.fab.auth_manager.cli_commands.utils import get_application_builder
+from include.mlops.routing.fab_roles import grant_router_access
+plan = json.loads(sys.argv[1])
+with get_application_builder() as ab:
+    for role in {r for r, _ in plan["users"].values()} | set(plan["grants"]):
+        ab.sm.find_role(role) or ab.sm.add_role(role)
+for role, read_only in plan["grants"].items():
+    grant_router_access([role], read_only=read_only)
+with get_application_builder() as ab:
+    for user, (role, password) in plan["users"].items():
+        assert ab.sm.add_user(user, user, "test", f"{user}@example.org", ab.sm.find_role(role), password), user
+"""
+
+
+@contextlib.contextmanager
+def fab_api_server(
+    base: Path, users: dict[str, str], grants: dict[str, bool], env: dict[str, str] | None = None
+) -> Iterator[ApiServer]:
+    """The api-server on the FAB auth manager, with its own SQLite DB (FAB's tables need a migrate
+    under FAB). ``users``: name -> FAB role; ``grants``: role -> read_only, applied with
+    ``include.mlops.routing.fab_roles`` (missing roles are created first)."""
+    base.mkdir(parents=True, exist_ok=True)
+    full_env = {
+        **os.environ,
+        **(env or {}),
+        "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{base / 'airflow-fab.db'}",
+    }
+    airflow_cli(full_env, "db", "migrate")
+    passwords = {u: secrets.token_urlsafe(12) for u in users}
+    # roles, grants and users in one process (each `airflow` CLI call costs seconds of start-up)
+    plan = {"users": {u: [r, passwords[u]] for u, r in users.items()}, "grants": grants}
+    subprocess.run(
+        [sys.executable, "-c", _FAB_SETUP, json.dumps(plan)],
+        env=full_env, check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    with _serve(base, full_env, passwords) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _serve(base: Path, env: dict[str, str], passwords: dict[str, str]) -> Iterator[ApiServer]:
+    port = _free_port()
+    full_env = {
+        **env,
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
     }

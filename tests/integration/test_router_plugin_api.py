@@ -174,3 +174,37 @@ def test_plugin_api_in_the_airflow_api_server_requires_an_airflow_token(api_serv
         )
         assert refused.status_code == 403 and "nobody" in refused.json()["detail"]
     assert api_server.server.started_in_s < START_LIMIT_S
+
+
+@pytest.mark.slow
+def test_with_the_fab_auth_manager_only_granted_roles_see_the_router(tmp_path: Path) -> None:
+    """FAB decides custom views from role permissions: a stock Viewer is refused until an admin
+    grants the router (include.mlops.routing.fab_roles); a read-only grant allows no dry run."""
+    pytest.importorskip("airflow.providers.fab")
+    from tests.api_server import fab_api_server
+
+    (tmp_path / "inventory.yaml").write_text(INVENTORY)
+    env = {
+        "AIRFLOW_VAR_ROUTER_CAPACITY_SOURCE": f"inventory:{tmp_path / 'inventory.yaml'}",
+        "AIRFLOW_VAR_ROUTER_BOOK_PATH": str(tmp_path / "book.sqlite"),
+    }
+    users = {"vera": "Viewer", "otto": "RouterOps", "rita": "RouterReaders"}
+    probe = {"task_key": "probe", "gpu_count": 1, "gpu_types": ["A100", "L4"], "memory_mib": 4096}
+    grants = {"RouterOps": False, "RouterReaders": True}
+    with (
+        fab_api_server(tmp_path / "fab", users, grants, env) as server,
+        httpx.Client(base_url=server.url, timeout=20) as c,
+    ):
+        assert c.get("/resource-router/capacity").status_code == 401
+        vera = server.headers("vera")
+        refused = c.get("/resource-router/capacity", headers=vera)
+        assert refused.status_code == 403 and "vera" in refused.json()["detail"], refused.text
+
+        otto = server.headers("otto")
+        assert c.get("/resource-router/capacity", headers=otto).status_code == 200
+        placed = c.post("/resource-router/dry-run", json=probe, headers=otto)
+        assert placed.status_code == 200 and placed.json()["node_pool"] == "a100-pool", placed.text
+
+        rita = server.headers("rita")
+        assert c.get("/resource-router/decisions", headers=rita).status_code == 200
+        assert c.post("/resource-router/dry-run", json=probe, headers=rita).status_code == 403
