@@ -26,6 +26,7 @@ import time
 import uuid
 
 from include.mlops import retraining, stack
+from include.mlops.dag_test import DagTest
 from include.mlops.settings.project import PROJECT_ROOT, ProjectSettings
 
 MODEL = "bench-orchestration"
@@ -66,41 +67,26 @@ def _ts(value: str) -> float:
 def via_airflow(batch: str, epochs: int) -> dict[str, float]:
     env = {**stack.airflow_env(), "AIRFLOW_VAR_MLOPS_REGISTERED_MODEL": MODEL}
     db = stack.AIRFLOW_HOME / "airflow.db"
-    with sqlite3.connect(db) as c:
-        before = {r[0] for r in c.execute("SELECT run_id FROM dag_run WHERE dag_id = 'retrain'")}
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [
-            str(stack.VENV_BIN / "airflow"),
-            "dags",
-            "test",
-            "retrain",
-            "-c",
-            json.dumps({"batch_path": batch, "epochs": epochs}),
-        ],
+    run = DagTest(
+        "retrain",
+        {"batch_path": batch, "epochs": epochs},
+        airflow_bin=stack.VENV_BIN / "airflow",
+        db_path=db,
         env=env,
+        log_path=stack.LOCAL_DIR / "logs" / f"bench-orchestration-{uuid.uuid4().hex[:8]}.log",
         cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    ).wait(timeout_s=1800)
     wall = time.perf_counter() - t0
+    if run.state != "success":
+        raise SystemExit(f"airflow run did not succeed ({run.state}):\n{run.log_tail(60)}")
+    # tasks that ran: the branch's skipped train.* launches never reach a worker
+    rows = [(t, r.start_date, r.end_date) for t, r in run.task_rows.items() if r.state == "success"]
     with sqlite3.connect(db) as c:
-        all_runs = c.execute("SELECT run_id, state FROM dag_run WHERE dag_id = 'retrain'").fetchall()
-        runs = [r for r in all_runs if r[0] not in before]
-        if len(runs) != 1 or runs[0][1] != "success":
-            raise SystemExit(f"airflow run did not succeed ({runs}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-        run_id = runs[0][0]
-        rows = c.execute(
-            # tasks that ran: the branch's skipped train.* launches never reach a worker
-            "SELECT task_id, start_date, end_date FROM task_instance WHERE dag_id = 'retrain' AND run_id = ?"
-            " AND state = 'success'",
-            (run_id,),
-        ).fetchall()
         (xcom,) = c.execute(
             "SELECT value FROM xcom WHERE dag_id = 'retrain' AND run_id = ? AND task_id = 'trained'"
             " AND key = 'return_value'",
-            (run_id,),
+            (run.run_id,),
         ).fetchone()
     value = json.loads(xcom)
     trained = json.loads(value) if isinstance(value, str) else value

@@ -6,56 +6,40 @@ MLflow server), so no scheduler has to be running; the runs are kept in Airflow'
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from include.mlops import stack
+from include.mlops.dag_test import DagTest, DagTestRun
 from include.mlops.settings.project import PROJECT_ROOT, ProjectSettings
 
 
-def _latest_run(dag_id: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [str(stack.VENV_BIN / "airflow"), "dags", "list-runs", dag_id, "-o", "json"],
-        env=stack.airflow_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=PROJECT_ROOT,
-    )
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("[")), "[]")
-    runs = json.loads(line)
-    if not runs:
-        raise RuntimeError(f"no run of {dag_id} found after `airflow dags test`")
-    latest: dict[str, Any] = max(runs, key=lambda r: r.get("start_date") or "")
-    return latest
-
-
-def run_dag(dag_id: str, conf: dict[str, object]) -> tuple[int, dict[str, Any], float]:
-    log_dir = stack.LOCAL_DIR / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{dag_id}-{int(time.time())}.log"
+def run_dag(dag_id: str, conf: dict[str, object]) -> tuple[int, DagTestRun | None, float]:
+    """`airflow dags test` in a child process; (exit code, the run read back from the DB, seconds)."""
+    log = stack.LOCAL_DIR / "logs" / f"{dag_id}-{int(time.time())}.log"
     t0 = time.monotonic()
     print(f"--> airflow dags test {dag_id} (log: {log.relative_to(PROJECT_ROOT)})", flush=True)
-    with log.open("w") as out:
-        proc = subprocess.run(
-            [str(stack.VENV_BIN / "airflow"), "dags", "test", dag_id, "-c", json.dumps(conf)],
-            env=stack.airflow_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=PROJECT_ROOT,
-            check=False,
-        )
+    running = DagTest(
+        dag_id,
+        conf,
+        airflow_bin=stack.VENV_BIN / "airflow",
+        db_path=stack.AIRFLOW_HOME / "airflow.db",
+        env=stack.airflow_env(),
+        log_path=log,
+        cwd=PROJECT_ROOT,
+    )
+    try:
+        run: DagTestRun | None = running.wait(timeout_s=3600)
+    except RuntimeError as exc:  # no run was created (the DAG failed to load, bad conf, ...)
+        print(f"    {dag_id}: {exc}", flush=True)
+        return running.proc.returncode or 1, None, time.monotonic() - t0
     elapsed = time.monotonic() - t0
-    run = _latest_run(dag_id)
-    print(f"    {dag_id}: run {run.get('run_id')} {run.get('state')} in {elapsed:.0f} s", flush=True)
-    if proc.returncode != 0 or run.get("state") != "success":
-        tail = "\n".join(log.read_text().splitlines()[-40:])
-        print(f"    last lines of {log}:\n{tail}", flush=True)
-    return proc.returncode, run, elapsed
+    assert run is not None
+    print(f"    {dag_id}: run {run.run_id} {run.state} in {elapsed:.0f} s", flush=True)
+    if run.returncode != 0 or run.state != "success":
+        print(f"    last lines of {log}:\n{run.log_tail(40)}", flush=True)
+    return run.returncode, run, elapsed
 
 
 def main() -> int:
@@ -75,12 +59,15 @@ def main() -> int:
     print(f"batch: {batch.relative_to(PROJECT_ROOT) if batch.is_relative_to(PROJECT_ROOT) else batch}", flush=True)
 
     rc, run, _ = run_dag("retrain", {"batch_path": str(batch)})
-    summary: dict[str, object] = {"retrain_run_id": run.get("run_id"), "retrain_state": run.get("state")}
-    if rc == 0 and run.get("state") == "success":
+    summary: dict[str, object] = {
+        "retrain_run_id": run.run_id if run else None,
+        "retrain_state": run.state if run else "not started",
+    }
+    if run is not None and rc == 0 and run.state == "success":
         from include.mlops.registry.mlflow_registry import MlflowRegistry
 
         version = MlflowRegistry(settings.mlflow_tracking_uri).find_version(
-            settings.registered_model, f"retrain/{run.get('run_id')}"
+            settings.registered_model, f"retrain/{run.run_id}"
         )
         if version is not None:
             summary["model"] = f"{version.name} v{version.version}"
@@ -95,8 +82,8 @@ def main() -> int:
             "load_rps": 25,
         }
         rc2, run2, _ = run_dag("release", conf)
-        summary["release_run_id"] = run2.get("run_id")
-        summary["release_state"] = run2.get("state")
+        summary["release_run_id"] = run2.run_id if run2 else None
+        summary["release_state"] = run2.state if run2 else "not started"
         from include.mlops.releasing import serving_target
 
         state = serving_target(settings).status()

@@ -15,30 +15,21 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from include.mlops.dag_test import DagTest, DagTestRun
 from tests.conftest import ROOT, VENV_BIN
 
 pytestmark = pytest.mark.e2e
 
 
-@dataclass(frozen=True)
-class DagRunResult:
-    dag_id: str
-    run_id: str
-    state: str
-    tasks: dict[str, str]  # task_id -> state
-    log: str
-    returncode: int
-    pools: dict[str, tuple[str, int]] = field(default_factory=dict)  # task_id -> (pool, pool_slots)
-    reschedules: dict[str, int] = field(default_factory=dict)  # task_id -> times it was rescheduled
-
-    def explain(self) -> str:
-        return f"{self.dag_id} {self.run_id} {self.state} {self.tasks}\n--- log tail ---\n{self.log[-6000:]}"
+# the results and the running run are the library's (include/mlops/dag_test.py): `make run` and
+# the orchestration bench read runs back the same way
+DagRunResult = DagTestRun
+RunningDagTest = DagTest
 
 
 class Deployment:
@@ -77,24 +68,15 @@ class Deployment:
     def start_dags_test(self, dag_id: str, conf: dict[str, Any], env: dict[str, str] | None = None) -> RunningDagTest:
         """`airflow dags test` in the background (for runs a test must act on while they wait);
         ``env`` adds to (or overrides) the deployment's environment for this run only."""
-        before = set(self._run_ids(dag_id))
-        log_path = self.logs / f"{dag_id}-{len(list(self.logs.iterdir()))}.log"
-        with log_path.open("w") as out:
-            proc = subprocess.Popen(
-                [str(VENV_BIN / "airflow"), "dags", "test", dag_id, "-c", json.dumps(conf)],
-                env={**self.env, **(env or {})},
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        return RunningDagTest(self, dag_id, proc, log_path, before)
-
-    def new_run_ids(self, dag_id: str, before: set[str]) -> list[str]:
-        return [r for r in self._run_ids(dag_id) if r not in before]
-
-    def _run_ids(self, dag_id: str) -> list[str]:
-        with sqlite3.connect(self.airflow_db) as db:
-            return [r[0] for r in db.execute("SELECT run_id FROM dag_run WHERE dag_id = ?", (dag_id,))]
+        return DagTest(
+            dag_id,
+            conf,
+            airflow_bin=VENV_BIN / "airflow",
+            db_path=self.airflow_db,
+            env={**self.env, **(env or {})},
+            log_path=self.logs / f"{dag_id}-{len(list(self.logs.iterdir()))}.log",
+            cwd=ROOT,
+        )
 
     def asset_events(self, name: str) -> list[dict[str, Any]]:
         with sqlite3.connect(self.airflow_db) as db:
@@ -108,48 +90,6 @@ class Deployment:
         from include.mlops.data.generate import write_batch
 
         return write_batch(self.data_root / "landing", date, **kwargs)
-
-
-class RunningDagTest:
-    def __init__(
-        self, dep: Deployment, dag_id: str, proc: subprocess.Popen[bytes], log_path: Path, before: set[str]
-    ) -> None:
-        self.dep, self.dag_id, self.proc, self.log_path, self.before = dep, dag_id, proc, log_path, before
-
-    @property
-    def run_id(self) -> str | None:
-        new = self.dep.new_run_ids(self.dag_id, self.before)
-        return new[0] if len(new) == 1 else None
-
-    def wait(self, timeout_s: float = 420) -> DagRunResult:
-        try:
-            self.proc.wait(timeout=timeout_s)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
-        new = self.dep.new_run_ids(self.dag_id, self.before)
-        assert len(new) == 1, f"expected one new {self.dag_id} run, found {new}:\n" + self.log_path.read_text()[-4000:]
-        run_id = new[0]
-        with sqlite3.connect(self.dep.airflow_db) as db:
-            (state,) = db.execute(
-                "SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", (self.dag_id, run_id)
-            ).fetchone()
-            rows = db.execute(
-                "SELECT task_id, state, pool, pool_slots FROM task_instance WHERE dag_id = ? AND run_id = ?",
-                (self.dag_id, run_id),
-            ).fetchall()
-            reschedules = dict(
-                db.execute(
-                    "SELECT ti.task_id, count(*) FROM task_reschedule tr JOIN task_instance ti ON tr.ti_id = ti.id "
-                    "WHERE ti.dag_id = ? AND ti.run_id = ? GROUP BY ti.task_id",
-                    (self.dag_id, run_id),
-                ).fetchall()
-            )
-        log = self.log_path.read_text(errors="replace")
-        tasks = {t: st for t, st, _, _ in rows}
-        pools = {t: (pool, int(slots)) for t, _, pool, slots in rows}
-        return DagRunResult(self.dag_id, run_id, state, tasks, log, self.proc.returncode, pools, reschedules)
 
 
 @pytest.fixture(scope="module")
