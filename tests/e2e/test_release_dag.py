@@ -194,7 +194,7 @@ def test_invalid_params_fail_at_check_params_and_deploy_nothing(rel: Releases, p
 
 def test_a_form_value_outside_its_schema_is_refused_before_any_run(rel: Releases) -> None:
     before = rel.target.status()
-    with pytest.raises(AssertionError, match="expected one new release run, found \\[\\]") as refused:
+    with pytest.raises(RuntimeError, match="expected one new release run, found \\[\\]") as refused:
         rel.dep.dags_test("release", {"model_name": rel.dep.model_name, "version": "1", "interval_s": -5})
     assert "Invalid input for param interval_s: -5 is less than or equal to the minimum of 0" in str(refused.value)
     after = rel.target.status()

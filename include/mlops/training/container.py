@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from include.mlops.errors import SettingsError, TrainingFailed
+from include.mlops.errors import SettingsError
 from include.mlops.routing.quantities import cpu_millicores, memory_mib
 from include.mlops.training.config import TrainConfig, TrainingResult
 from include.mlops.training.pod import TRAINING_IMAGE_VARIABLE, check_under_data_root
-from include.mlops.training.runner import FAILURE_TAIL_LINES, write_config
+from include.mlops.training.runner import FAILURE_TAIL_LINES, launch_failed, write_config
 
 MOUNTS_VARIABLE = "mlops_training_docker_mounts"
 GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu",)
@@ -162,10 +162,6 @@ def run_training_container(
     except Exception as exc:
         logs = [x.decode() if isinstance(x, bytes) else str(x) for x in getattr(exc, "logs", None) or []]
         tail = collections.deque((ln.rstrip("\n") for chunk in logs for ln in chunk.splitlines()), FAILURE_TAIL_LINES)
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TrainingFailed(
-            f"training container {op.container_name} on {op.docker_url} (image {settings.image}) failed "
-            f"(config {config_path}): "
-            f"{first_line}\nLast log lines:\n{chr(10).join(tail) or '(no output)'}"
-        ) from exc
+        what = f"training container {op.container_name} on {op.docker_url} (image {settings.image})"
+        raise launch_failed(what, config_path, exc, tail) from exc
     return TrainingResult.from_output_dir(config.output_dir)

@@ -21,7 +21,7 @@ from typing import Any
 from include.mlops.errors import PlacementError, SettingsError, TrainingFailed
 from include.mlops.routing.model import Placement
 from include.mlops.training.config import TrainConfig, TrainingResult
-from include.mlops.training.runner import FAILURE_TAIL_LINES, TRAIN_MODULE, write_config
+from include.mlops.training.runner import FAILURE_TAIL_LINES, TRAIN_MODULE, launch_failed, write_config
 
 TRAINING_IMAGE_VARIABLE = "mlops_training_image"
 DATA_VOLUME_CLAIM_VARIABLE = "mlops_data_volume_claim"
@@ -279,13 +279,8 @@ def _failures_named(run: _PodRun) -> Iterator[None]:
                 f"node pool {placement.node_pool!r}); the pod was deleted. Clear `route` to place it again"
             ) from exc
         code = _exit_code(op.remote_pod or op.pod)
-        last = "\n".join(run.tail) or "(no output)"
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TrainingFailed(
-            f"training pod {_pod_ref(op)} failed"
-            f"{f' with exit code {code}' if code is not None else ''} (config {run.config_path}): {first_line}\n"
-            f"Last log lines:\n{last}"
-        ) from exc
+        how = f" with exit code {code}" if code is not None else ""
+        raise launch_failed(f"training pod {_pod_ref(op)}", run.config_path, exc, run.tail, how) from exc
 
 
 def _log_tail(op: Any, event: Mapping[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from include.mlops.errors import SettingsError, TrainingFailed
@@ -69,6 +69,16 @@ def write_config(config: TrainConfig) -> Path:
     path = out / CONFIG_FILE
     path.write_text(config.to_json())
     return path
+
+
+def launch_failed(
+    what: str, config_path: str | Path, exc: BaseException, tail: Iterable[str], how: str = ""
+) -> TrainingFailed:
+    """A pod or container launch that failed: what failed (and how), its config, the launcher's own
+    first line, and the training's last log lines (the trainer's error is usually there)."""
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    last = "\n".join(tail) or "(no output)"
+    return TrainingFailed(f"{what} failed{how} (config {config_path}): {first_line}\nLast log lines:\n{last}")
 
 
 def _describe_exit(code: int) -> str:
