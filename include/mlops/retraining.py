@@ -11,9 +11,12 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.mlops.settings.project import PROJECT_ROOT, ProjectSettings
+
+if TYPE_CHECKING:
+    from include.mlops.training.launch import Launch
 
 SUITE_PATH = PROJECT_ROOT / "include" / "data" / "suites" / "transactions.yaml"
 EXPERIMENT_PREFIX = "retrain-"
@@ -176,18 +179,18 @@ def train(
     hyperparams: dict[str, Any],
     log: Log = print,
     context: Any = None,
-    launch: str | None = None,
+    launch: Launch | None = None,
     deferrable: bool = False,
 ) -> dict[str, Any]:
     """Run the training entrypoint where the router placed it: a local process, a Kubernetes pod or a
     local Docker container (same entrypoint, same config); checkpoints keyed by the run survive retries.
-    ``launch``: the launch task running this (its pool slots must be the placement's).
+    ``launch``: the launch task running this (it must hold the placement's pool slots).
     ``deferrable``: a Kubernetes pod defers the task (Airflow's TaskDeferred propagates) and
     ``resume_training`` finishes it."""
-    from include.mlops.training.launch import check_launch, launch_named
+    from include.mlops.training.launch import check_launch
 
     if launch is not None:
-        check_launch(launch_named(launch), placement)
+        check_launch(launch, placement)
     config = train_config(settings, ident, validation, hyperparams)
     log(f"training on {placement.get('target')}: {placement.get('explanation_text', '')}")
     try:

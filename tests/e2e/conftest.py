@@ -26,12 +26,6 @@ from tests.conftest import ROOT, VENV_BIN
 pytestmark = pytest.mark.e2e
 
 
-# the results and the running run are the library's (include/mlops/dag_test.py): `make run` and
-# the orchestration bench read runs back the same way
-DagRunResult = DagTestRun
-RunningDagTest = DagTest
-
-
 class Deployment:
     """One isolated deployment of the project: its own data, serving and router folders and model name."""
 
@@ -62,10 +56,10 @@ class Deployment:
 
     def dags_test(
         self, dag_id: str, conf: dict[str, Any], timeout_s: float = 420, env: dict[str, str] | None = None
-    ) -> DagRunResult:
+    ) -> DagTestRun:
         return self.start_dags_test(dag_id, conf, env).wait(timeout_s)
 
-    def start_dags_test(self, dag_id: str, conf: dict[str, Any], env: dict[str, str] | None = None) -> RunningDagTest:
+    def start_dags_test(self, dag_id: str, conf: dict[str, Any], env: dict[str, str] | None = None) -> DagTest:
         """`airflow dags test` in the background (for runs a test must act on while they wait);
         ``env`` adds to (or overrides) the deployment's environment for this run only."""
         return DagTest(

@@ -20,10 +20,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from include.mlops.canary.load import LoadGenerator, RequestResult
+from include.mlops.dag_test import DagTest, DagTestRun
 from include.mlops.deploy.local import LocalProcessTarget, pid_alive
 from include.mlops.registry.mlflow_registry import CHAMPION, PREVIOUS_CHAMPION_TAG, MlflowRegistry, TrainingRecord
 from tests.api_server import ApiServer, airflow_api_server
-from tests.e2e.conftest import DagRunResult, Deployment, RunningDagTest
+from tests.e2e.conftest import Deployment
 from tests.model_fixtures import build_faulty_model, build_logistic_model, build_slow_model, sample_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -70,7 +71,7 @@ class Releases:
         version = self.reg.register_version(self.dep.model_name, run_id, f"e2e/{key}", {"gate.decision": "passed"})
         return version.version
 
-    def release(self, version: str, **params: object) -> DagRunResult:
+    def release(self, version: str, **params: object) -> DagTestRun:
         return self.dep.dags_test("release", {"model_name": self.dep.model_name, "version": version, **FAST, **params})
 
     @property
@@ -208,7 +209,7 @@ def approver_api(rel: Releases, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield server
 
 
-def _wait_for_approval_request(api: ApiServer, running: RunningDagTest, limit_s: float = 240) -> dict:
+def _wait_for_approval_request(api: ApiServer, running: DagTest, limit_s: float = 240) -> dict:
     headers = api.headers("approver")
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:

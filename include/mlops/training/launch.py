@@ -65,13 +65,6 @@ def choose_launch(placement: Mapping[str, Any], launches: tuple[Launch, ...] = L
     return min(fits, key=lambda x: x.pool_slots)
 
 
-def launch_named(name: str, launches: tuple[Launch, ...] = LAUNCHES) -> Launch:
-    for x in launches:
-        if x.name == name:
-            return x
-    raise KeyError(name)
-
-
 def check_launch(launch: Launch, placement: Mapping[str, Any]) -> None:
     """Refuse to run a placement in a launch task that does not hold its pool slots (a hand-cleared
     branch, a placement edited after routing): it would use capacity Airflow did not count."""

@@ -65,7 +65,7 @@ class TrainingLaunchOperator(BaseOperator):
                 hyperparams,
                 log=self.log.info,
                 context=context,
-                launch=self.launch.name,
+                launch=self.launch,
                 deferrable=self.deferrable,
             )
         except TaskDeferred as deferred:

@@ -7,7 +7,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from include.mlops.errors import PlacementError
-from include.mlops.training.launch import GPU_SLOT_STEPS, LAUNCHES, check_launch, choose_launch, launch_named
+from include.mlops.training.launch import GPU_SLOT_STEPS, LAUNCHES, Launch, check_launch, choose_launch
+
+
+def launch_named(name: str) -> Launch:
+    return next(x for x in LAUNCHES if x.name == name)
 
 
 def _placement(target: str, pool: str, slots: int) -> dict:
