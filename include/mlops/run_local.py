@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from include.mlops import stack
 from include.mlops.dag_test import DagTest, DagTestRun
@@ -19,7 +18,7 @@ def run_dag(dag_id: str, conf: dict[str, object]) -> tuple[int, DagTestRun | Non
     """`airflow dags test` in a child process; (exit code, the run read back from the DB, seconds)."""
     log = stack.LOCAL_DIR / "logs" / f"{dag_id}-{int(time.time())}.log"
     t0 = time.monotonic()
-    print(f"--> airflow dags test {dag_id} (log: {log.relative_to(PROJECT_ROOT)})", flush=True)
+    print(f"--> airflow dags test {dag_id} (log: {log})", flush=True)
     running = DagTest(
         dag_id,
         conf,
@@ -98,8 +97,9 @@ def main() -> int:
         print(f"{k:16} {v}")
     print(f"{'wall time':16} {time.monotonic() - t0:.0f} s")
     print(f"{'MLflow UI':16} {settings.mlflow_tracking_uri}  (running now; `make down` stops it)")
-    print(f"{'Airflow UI':16} http://127.0.0.1:8080  (start it with `make ui`)")
-    print(f"{'logs':16} {Path(stack.LOCAL_DIR / 'logs').relative_to(PROJECT_ROOT)}/")
+    print(f"{'Airflow UI':16} {stack.UI_URL}  (start it with `make ui`)")
+    logs = stack.LOCAL_DIR / "logs"
+    print(f"{'logs':16} {logs.relative_to(PROJECT_ROOT) if logs.is_relative_to(PROJECT_ROOT) else logs}/")
     return rc
 
 

@@ -2,10 +2,17 @@
 
 `python -m include.mlops.stack up|down|status|env|ui`. Ports and folders come from
 airflow_settings.yaml (the `local` profile); state (pid files, logs) lives under .local/.
+Every service listens on 127.0.0.1 only, and each one this checkout starts is recorded (pid,
+start time, command line) so that a port answered by someone else is refused, never reused.
+
+Overrides for a second stack next to the first (tests, a second checkout): MLOPS_SETTINGS_FILE
+(another airflow_settings.yaml: MLflow port and folders), MLOPS_LOCAL_DIR (pid files, logs,
+AIRFLOW_HOME), MLOPS_UI_PORT (the Airflow api-server, 8080 by default).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,13 +20,24 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-from include.mlops.settings.project import PROJECT_ROOT, ProjectSettings
+from include.mlops.errors import MlopsError, SettingsError
+from include.mlops.settings.project import PROJECT_ROOT, ProjectSettings, settings_file
 
-LOCAL_DIR = PROJECT_ROOT / ".local"
+LOCAL_DIR = Path(os.environ.get("MLOPS_LOCAL_DIR") or PROJECT_ROOT / ".local").resolve()
 AIRFLOW_HOME = LOCAL_DIR / "airflow"
 VENV_BIN = Path(sys.executable).parent
+UI_HOST = "127.0.0.1"
+UI_PORT = int(os.environ.get("MLOPS_UI_PORT") or 8080)
+UI_URL = f"http://{UI_HOST}:{UI_PORT}"
+STANDALONE_PID = LOCAL_DIR / "airflow-standalone.pid"
+MLFLOW_PID = LOCAL_DIR / "mlflow" / "server.pid"
+
+
+class StackError(SettingsError):
+    """A local service cannot start: its port belongs to someone else, or it did not come up."""
 
 
 def airflow_env() -> dict[str, str]:
@@ -27,6 +45,9 @@ def airflow_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
+            # `airflow standalone` starts its components by the bare name `airflow`: the venv's
+            # bin must come first on PATH even when nothing was activated (make calls .venv/bin/python).
+            "PATH": os.pathsep.join(p for p in (str(VENV_BIN), env.get("PATH", "")) if p),
             "AIRFLOW_HOME": str(AIRFLOW_HOME),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
@@ -35,6 +56,10 @@ def airflow_env() -> dict[str, str]:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # loopback only, like every other local service (Airflow's default is 0.0.0.0)
+            "AIRFLOW__API__HOST": UI_HOST,
+            "AIRFLOW__API__PORT": str(UI_PORT),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{UI_URL}/execution/",
             "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p),
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
@@ -43,13 +68,91 @@ def airflow_env() -> dict[str, str]:
     return env
 
 
-def _pid_alive(pid_file: Path) -> int | None:
+# --- what this checkout started: pid files with the process's start time and command line ------
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A process this checkout started; the start time tells it from a later process with its pid."""
+
+    pid: int
+    start_ticks: int | None  # field 22 of /proc/<pid>/stat; None in a pid file of the old format
+    cmdline: tuple[str, ...] = ()
+
+    def alive(self) -> bool:
+        ticks = _start_ticks(self.pid)
+        return ticks is not None and (self.start_ticks is None or ticks == self.start_ticks)
+
+
+def _start_ticks(pid: int) -> int | None:
     try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
-    return pid
+    # the command name (field 2) may hold spaces and parentheses: split after its last ')'
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[19]) if fields[0] != "Z" else None
+
+
+def _cmdline(pid: int) -> tuple[str, ...]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ()
+    return tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+
+
+def _record(pid_file: Path, pid: int) -> None:
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(json.dumps({"pid": pid, "start_ticks": _start_ticks(pid), "cmdline": list(_cmdline(pid))}))
+
+
+def _read_record(pid_file: Path) -> ProcessRecord | None:
+    try:
+        text = pid_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        if text.isdigit():  # the old format: the pid alone
+            return ProcessRecord(int(text), None)
+        doc = json.loads(text)
+        return ProcessRecord(int(doc["pid"]), doc.get("start_ticks"), tuple(doc.get("cmdline") or ()))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _pid_alive(pid_file: Path) -> int | None:
+    rec = _read_record(pid_file)
+    return rec.pid if rec is not None and rec.alive() else None
+
+
+def port_owner(port: int) -> str:
+    """Who listens on a TCP port of this machine, as far as /proc shows ("pid N: cmdline")."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(cols[9])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return f"pid {proc.name}: {' '.join(_cmdline(int(proc.name)))[:300]}"
+    return "a process this user cannot see" if inodes else "nothing listening now"
 
 
 def _http_ok(url: str, timeout_s: float = 2.0) -> bool:
@@ -60,29 +163,132 @@ def _http_ok(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def _wait_http(url: str, deadline_s: float, what: str, log: Path) -> None:
+def _wait_http(url: str, deadline_s: float, what: str, log: Path, proc: subprocess.Popen[bytes] | None = None) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if _http_ok(url):
             return
+        if proc is not None and proc.poll() is not None:
+            raise StackError(
+                f"{what} exited with code {proc.returncode} before {url} answered; log {log}:\n{_tail(log)}"
+            )
         time.sleep(0.5)
-    tail = log.read_text()[-2000:] if log.exists() else "(no log)"
-    raise RuntimeError(f"{what} did not answer {url} within {deadline_s:.0f} s; log {log}:\n{tail}")
+    raise StackError(f"{what} did not answer {url} within {deadline_s:.0f} s; log {log}:\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+
+
+def _start(
+    cmd: list[str],
+    *,
+    pid_file: Path,
+    log: Path,
+    env: dict[str, str] | None,
+    url: str,
+    what: str,
+    deadline_s: float = 180.0,
+) -> None:
+    """Start a service in its own process group and wait until `url` answers.
+
+    A failed start stops the whole group: nothing this call started outlives it (airflow standalone
+    starts its components as children, which share the group).
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT
+        )
+    _record(pid_file, proc.pid)
+    try:
+        _wait_http(url, deadline_s, what, log, proc)
+    except BaseException:
+        _stop_group(proc.pid, proc)
+        pid_file.unlink(missing_ok=True)
+        raise
+
+
+def _stop_group(pgid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM the process group, SIGKILL what is left after 10 s; reap our own child."""
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        end = time.monotonic() + wait_s
+        while time.monotonic() < end:
+            if proc is not None:
+                proc.poll()
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.2)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # zombies still count for killpg; a group of zombies only is gone
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[2]) == pgid and stat[0] != "Z":
+                return True
+    return False
+
+
+def _stop(pid_file: Path, what: str) -> None:
+    rec = _read_record(pid_file)
+    if rec is not None and rec.alive():
+        _stop_group(rec.pid)
+        print(f"stopped {what}")
+    pid_file.unlink(missing_ok=True)
+
+
+# --- MLflow ---------------------------------------------------------------------------------------
+
+
+def _mlflow_backend_arg(s: ProjectSettings) -> str:
+    return f"sqlite:///{s.mlflow_backend_store}"
+
+
+def _own_mlflow(s: ProjectSettings) -> ProcessRecord | None:
+    """This checkout's MLflow server: alive, started by us, serving this checkout's backend store."""
+    rec = _read_record(MLFLOW_PID)
+    if rec is None or not rec.alive():
+        return None
+    return rec if _mlflow_backend_arg(s) in _cmdline(rec.pid) else None
 
 
 def start_mlflow(settings: ProjectSettings | None = None) -> str:
-    """Start the MLflow tracking server if it is not already up; return its URI."""
+    """Start the MLflow tracking server if it is not already up; return its URI.
+
+    A server already answering on the configured port is reused only when it is this checkout's
+    (its pid file names a live process started with this checkout's backend store). Anything else
+    there (another checkout's MLflow, any other program) is refused: runs must never land in
+    someone else's tracking store without a word.
+    """
     s = settings or ProjectSettings.from_settings_file()
     uri = s.mlflow_tracking_uri
-    if _http_ok(f"{uri}/health"):
+    host, port = uri.split("://", 1)[1].rsplit(":", 1)
+    log = MLFLOW_PID.parent / "server.log"
+    if _own_mlflow(s) is not None:  # ours, perhaps still starting
+        _wait_http(f"{uri}/health", 90, "this checkout's MLflow server", log)
         return uri
-    run_dir = LOCAL_DIR / "mlflow"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if _http_ok(f"{uri}/health") or port_owner(int(port)) != "nothing listening now":
+        raise StackError(
+            f"port {port} (connection mlflow_default, {uri}) is taken by {port_owner(int(port))}, "
+            f"which is not this checkout's MLflow server (backend store {s.mlflow_backend_store}, "
+            f"pid file {MLFLOW_PID}); stop it or give mlflow_default another port in {settings_file()}"
+        )
+    MLFLOW_PID.parent.mkdir(parents=True, exist_ok=True)
     s.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
     s.mlflow_backend_store.parent.mkdir(parents=True, exist_ok=True)
-    host_port = uri.split("://", 1)[1]
-    host, port = host_port.rsplit(":", 1)
-    log = run_dir / "server.log"
     cmd = [
         str(VENV_BIN / "mlflow"),
         "server",
@@ -91,32 +297,18 @@ def start_mlflow(settings: ProjectSettings | None = None) -> str:
         "--port",
         port,
         "--backend-store-uri",
-        f"sqlite:///{s.mlflow_backend_store}",
+        _mlflow_backend_arg(s),
         "--artifacts-destination",
         s.mlflow_artifact_root.as_uri(),
         "--workers",
         "1",
     ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT)
-    (run_dir / "server.pid").write_text(str(proc.pid))
-    _wait_http(f"{uri}/health", 90, "MLflow server", log)
+    env = {**os.environ, "PATH": os.pathsep.join((str(VENV_BIN), os.environ.get("PATH", "")))}
+    _start(cmd, pid_file=MLFLOW_PID, log=log, env=env, url=f"{uri}/health", what="MLflow server")
     return uri
 
 
-def _stop(pid_file: Path, what: str) -> None:
-    pid = _pid_alive(pid_file)
-    if pid is None:
-        return
-    os.killpg(pid, signal.SIGTERM)
-    for _ in range(50):
-        if _pid_alive(pid_file) is None:
-            break
-        time.sleep(0.2)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
-    print(f"stopped {what}")
+# --- Airflow --------------------------------------------------------------------------------------
 
 
 def airflow_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -127,7 +319,7 @@ def init_airflow() -> None:
     AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
     airflow_cli("db", "migrate")
     subprocess.run(
-        [sys.executable, "-m", "include.mlops.settings.apply", str(PROJECT_ROOT / "airflow_settings.yaml")],
+        [sys.executable, "-m", "include.mlops.settings.apply", str(settings_file())],
         env=airflow_env(),
         check=True,
         cwd=PROJECT_ROOT,
@@ -136,55 +328,60 @@ def init_airflow() -> None:
 
 def start_ui() -> None:
     """Airflow standalone (api-server, scheduler, dag-processor, triggerer) in the background."""
-    start_mlflow()
-    pid_file = LOCAL_DIR / "airflow-standalone.pid"
-    if _pid_alive(pid_file) is None:
-        log = LOCAL_DIR / "airflow-standalone.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [str(VENV_BIN / "airflow"), "standalone"],
-                env=airflow_env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=PROJECT_ROOT,
-            )
-        pid_file.write_text(str(proc.pid))
-        _wait_http("http://127.0.0.1:8080/api/v2/monitor/health", 180, "Airflow api-server", log)
     s = ProjectSettings.from_settings_file()
+    start_mlflow(s)
+    health = f"{UI_URL}/api/v2/monitor/health"
+    if _pid_alive(STANDALONE_PID) is None:
+        if port_owner(UI_PORT) != "nothing listening now":
+            raise StackError(
+                f"port {UI_PORT} (the Airflow UI) is taken by {port_owner(UI_PORT)}; "
+                "stop it or start the UI on another port with MLOPS_UI_PORT"
+            )
+        _start(
+            [str(VENV_BIN / "airflow"), "standalone"],
+            pid_file=STANDALONE_PID,
+            log=LOCAL_DIR / "airflow-standalone.log",
+            env=airflow_env(),
+            url=health,
+            what="Airflow api-server (airflow standalone)",
+        )
     pw = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
-    print("Airflow UI: http://127.0.0.1:8080  (user admin, password in " + str(pw) + ")")
+    print(f"Airflow UI: {UI_URL}  (user admin, password in {pw})")
     print(f"MLflow UI:  {s.mlflow_tracking_uri}")
     print("stop with: make down")
 
 
 def main(argv: list[str] | None = None) -> int:
     cmd = (argv if argv is not None else sys.argv[1:]) or ["status"]
-    s = ProjectSettings.from_settings_file()
-    if cmd[0] == "up":
-        print(f"MLflow tracking server: {start_mlflow(s)}")
-    elif cmd[0] == "init":
-        init_airflow()
-    elif cmd[0] == "ui":
-        start_ui()
-    elif cmd[0] == "down":
-        from include.mlops.deploy.local import LocalProcessTarget
+    try:
+        s = ProjectSettings.from_settings_file()
+        if cmd[0] == "up":
+            print(f"MLflow tracking server: {start_mlflow(s)}")
+        elif cmd[0] == "init":
+            init_airflow()
+        elif cmd[0] == "ui":
+            start_ui()
+        elif cmd[0] == "down":
+            from include.mlops.deploy.local import LocalProcessTarget
 
-        for state in sorted(s.serving_root.glob("*/state.json")):
-            LocalProcessTarget(state.parent, python_executable=sys.executable).stop_all()
-            print(f"stopped serving {state.parent.name}")
-        _stop(LOCAL_DIR / "airflow-standalone.pid", "airflow standalone")
-        _stop(LOCAL_DIR / "mlflow" / "server.pid", "mlflow server")
-    elif cmd[0] == "env":
-        for k, v in airflow_env().items():
-            if k.startswith(("AIRFLOW", "PYTHONPATH")):
-                print(f"export {k}={v}")
-    elif cmd[0] == "status":
-        print(f"mlflow {s.mlflow_tracking_uri}: {'up' if _http_ok(s.mlflow_tracking_uri + '/health') else 'down'}")
-        print(f"airflow standalone: {'up' if _pid_alive(LOCAL_DIR / 'airflow-standalone.pid') else 'down'}")
-    else:
-        print(f"unknown command {cmd[0]!r}; use up|init|ui|down|env|status", file=sys.stderr)
-        return 2
+            for state in sorted(s.serving_root.glob("*/state.json")):
+                LocalProcessTarget(state.parent, python_executable=sys.executable).stop_all()
+                print(f"stopped serving {state.parent.name}")
+            _stop(STANDALONE_PID, "airflow standalone")
+            _stop(MLFLOW_PID, "mlflow server")
+        elif cmd[0] == "env":
+            for k, v in airflow_env().items():
+                if k.startswith(("AIRFLOW", "PYTHONPATH")):
+                    print(f"export {k}={v}")
+        elif cmd[0] == "status":
+            print(f"mlflow {s.mlflow_tracking_uri}: {'up' if _own_mlflow(s) else 'down'}")
+            print(f"airflow standalone: {'up' if _pid_alive(STANDALONE_PID) else 'down'}")
+        else:
+            print(f"unknown command {cmd[0]!r}; use up|init|ui|down|env|status", file=sys.stderr)
+            return 2
+    except MlopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,6 +19,15 @@ DOCKER_CONN_ID = "docker_default"
 KUBERNETES_CONN_ID = "kubernetes_default"
 
 
+# Another settings file for the local stack commands (a throwaway stack in tests, a second
+# checkout on other ports): the default is the checkout's own airflow_settings.yaml.
+SETTINGS_FILE_ENV = "MLOPS_SETTINGS_FILE"
+
+
+def settings_file() -> Path:
+    return Path(os.environ.get(SETTINGS_FILE_ENV) or PROJECT_ROOT / "airflow_settings.yaml")
+
+
 def resolve_path(value: str, root: Path = PROJECT_ROOT) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else (root / p)
@@ -61,7 +70,7 @@ class ProjectSettings:
     def from_settings_file(cls, path: str | Path | None = None) -> ProjectSettings:
         from include.mlops.settings.airflow_settings import load_airflow_settings
 
-        s = load_airflow_settings(path or PROJECT_ROOT / "airflow_settings.yaml")
+        s = load_airflow_settings(path or settings_file())
         ml = s.connection(MLFLOW_CONN_ID)
         dk = s.connection(DOCKER_CONN_ID)
         return cls(
