@@ -130,3 +130,18 @@ def sample_records(n: int, seed: int = 0) -> list[dict]:
             rec[col] = str(vocab[int(rng.integers(0, len(vocab)))])
         out.append(rec)
     return out
+
+
+def build_nan_model(path: Path) -> Path:
+    """Loads and runs fine, but every probability is NaN (0 * x / 0): a model that must never be promoted."""
+    x, y = _io()
+    nodes = [
+        helper.make_node("ReduceSum", ["features", "axes"], ["s"], keepdims=1),
+        helper.make_node("Mul", ["s", "zero"], ["z"]),
+        helper.make_node("Div", ["z", "zero"], ["probability"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+    ]
+    return _save(helper.make_graph(nodes, "nan", [x], [y], inits), path)

@@ -119,3 +119,82 @@ def test_unloadable_model_stays_unready_and_says_why(tmp_path: Path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def _strict_json(text: str):
+    import json
+
+    def refuse(name: str):
+        raise AssertionError(f"non-standard JSON constant {name} in the body")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_model_answering_nan_gets_500_counted_as_a_non_finite_error(tmp_path: Path):
+    from tests.model_fixtures import build_nan_model
+
+    proc, url = start_server(build_nan_model(tmp_path / "nan.onnx"))
+    try:
+        assert wait_ready(url) == 200
+        t0 = time.time()
+        r = httpx.post(f"{url}/predict", json={"records": RECORDS})
+        assert r.status_code == 500, r.text
+        assert "non-finite" in _strict_json(r.text)["detail"]
+        s = _strict_json(httpx.get(f"{url}/samples", params={"since": t0}).text)
+        assert s["status"] == [500] and s["non_finite"] == [True] and s["mean_prediction"] == [None]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_body_declared_over_the_limit_gets_413_before_it_is_sent(server: str):
+    import socket
+
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        # a gigabyte announced, nothing sent: the old server waited for the whole body
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+        )
+        t0 = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after its answer
+            answer += chunk
+        assert time.monotonic() - t0 < 2.0
+        text = answer.decode(errors="replace")
+        assert text.startswith("HTTP/1.1 413"), text
+        assert "over the limit of 8388608 bytes" in text
+
+
+def test_streamed_body_over_the_limit_gets_413(server: str):
+    chunk = b"x" * (1024 * 1024)
+
+    def body():
+        yield b'{"records": ["'
+        for _ in range(20):  # 20 MiB, chunked: no Content-Length to refuse up front
+            yield chunk
+        yield b'"]}'
+
+    r = httpx.post(f"{server}/predict", content=body(), headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413, r.text
+    assert "limit of 8388608 bytes" in r.json()["detail"]
+    # the server still serves
+    assert httpx.post(f"{server}/predict", json={"records": RECORDS}).status_code == 200
+
+
+def test_boolean_strings_parse_by_meaning_and_unknown_ones_get_422(server: str):
+    def predict(value: object) -> float:
+        r = httpx.post(f"{server}/predict", json={"records": [dict(RECORDS[0], card_present=value)]})
+        assert r.status_code == 200, (value, r.text)
+        return r.json()["predictions"][0]
+
+    false, true = predict(False), predict(True)
+    assert false != true
+    for v in ("false", "False", "0", "no", 0):
+        assert predict(v) == false, v
+    for v in ("true", "1", "yes", 1):
+        assert predict(v) == true, v
+    r = httpx.post(f"{server}/predict", json={"records": [RECORDS[0], dict(RECORDS[1], is_online="maybe")]})
+    assert r.status_code == 422
+    assert "records[1]" in r.json()["detail"] and "'is_online'" in r.json()["detail"]
+    assert "'maybe'" in r.json()["detail"]

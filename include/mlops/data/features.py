@@ -48,6 +48,29 @@ def encode_features(df: pd.DataFrame) -> np.ndarray:
     return out
 
 
+_TRUE = frozenset({"true", "1", "yes", "y", "t"})
+_FALSE = frozenset({"false", "0", "no", "n", "f"})
+
+
+def parse_bool(value: Any) -> bool:
+    """A JSON boolean feature: true/false, 0/1, or one of the strings true/false/1/0/yes/no.
+
+    Python's bool("false") is True; a record that says "false" must not encode as True.
+    Raises ValueError for anything else (e.g. "maybe", 2, null).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+    raise ValueError(f"{value!r} is not a boolean (use true/false, 0/1, or the strings true/false/yes/no)")
+
+
 def encode_records(records: list[dict[str, Any]]) -> np.ndarray:
     """Encode JSON records (as posted to a model server) without building a DataFrame."""
     import numpy as np
@@ -59,7 +82,7 @@ def encode_records(records: list[dict[str, Any]]) -> np.ndarray:
             out[i, j] = float(rec[col])
             j += 1
         for col in BOOLEAN_FEATURES:
-            out[i, j] = float(bool(rec[col]))
+            out[i, j] = float(parse_bool(rec[col]))
             j += 1
         for col, vocab in CATEGORICAL_FEATURES.items():
             v = rec[col]

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from include.mlops.data.features import parse_bool
 from include.mlops.data.schema import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, N_FEATURES, NUMERIC_FEATURES
 
 # FastAPI resolves handler annotations at runtime, so its types are imported at module level;
@@ -30,6 +31,12 @@ INPUT_NAME = "features"
 OUTPUT_NAME = "probability"
 REQUIRED_FIELDS: tuple[str, ...] = (*NUMERIC_FEATURES, *BOOLEAN_FEATURES, *CATEGORICAL_FEATURES)
 MAX_RECORDS_PER_REQUEST = 10_000
+# 10,000 records of ~300 bytes each, with room to spare; checked before and while reading
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than the server accepts (413)."""
 
 
 class ModelLoadError(Exception):
@@ -47,6 +54,7 @@ class ServerConfig:
     ort_threads: int = 1
     sample_ring_size: int = 20_000
     graceful_shutdown_s: float = 30.0
+    max_body_bytes: int = MAX_BODY_BYTES
 
 
 @dataclass
@@ -57,7 +65,7 @@ class _ServerState:
     loaded_at: float | None = None
     load_error: str | None = None
     in_flight: int = 0
-    # (unix ts, latency_ms, status, mean prediction or None); deque append is O(1) and bounded
+    # (unix ts, latency_ms, status, mean prediction or None, non-finite output); O(1) append, bounded
     samples: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20_000))
 
 
@@ -114,12 +122,13 @@ def _encode(records: list[Any]) -> Any:
         if not isinstance(rec, dict):
             raise ValueError(f"records[{i}] is {type(rec).__name__}, expected an object of raw columns")
         j = 0
+        col = ""
         try:
             for col in NUMERIC_FEATURES:
                 out[i, j] = float(rec[col])
                 j += 1
             for col in BOOLEAN_FEATURES:
-                out[i, j] = float(bool(rec[col]))
+                out[i, j] = float(parse_bool(rec[col]))
                 j += 1
             for col, vocab in CATEGORICAL_FEATURES.items():
                 v = rec[col]
@@ -131,9 +140,27 @@ def _encode(records: list[Any]) -> Any:
                 f"records[{i}] is missing field {exc.args[0]!r} (required: {list(REQUIRED_FIELDS)})"
             ) from None
         except (TypeError, ValueError):
-            bad = list(NUMERIC_FEATURES)[j] if j < len(NUMERIC_FEATURES) else "?"
-            raise ValueError(f"records[{i}] field {bad!r} is {rec.get(bad)!r}, expected a number") from None
+            expected = 'a boolean (true/false, 0/1, "true"/"false")' if col in BOOLEAN_FEATURES else "a number"
+            raise ValueError(f"records[{i}] field {col!r} is {rec.get(col)!r}, expected {expected}") from None
     return out
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (BodyTooLarge) by its declared Content-Length or once `limit` bytes have arrived.
+
+    Starlette's request.body() reads everything first; a client could make the server buffer
+    any amount before the size rule is checked.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body of {int(declared)} bytes (Content-Length) is over the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -195,9 +222,9 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title=f"model server {config.model_name}", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    def finish(t0: float, status: int, mean_pred: float | None) -> None:
+    def finish(t0: float, status: int, mean_pred: float | None, non_finite: bool = False) -> None:
         latency_s = time.perf_counter() - t0
-        state.samples.append((time.time(), latency_s * 1000.0, status, mean_pred))
+        state.samples.append((time.time(), latency_s * 1000.0, status, mean_pred, non_finite))
         latency_hist.observe(latency_s)
         count(status)
 
@@ -210,8 +237,18 @@ def create_app(config: ServerConfig) -> FastAPI:
                 finish(t0, 503, None)
                 return JSONResponse({"detail": "model not loaded yet"}, status_code=503, headers=version_header)
             try:
+                raw = await _read_body(request, config.max_body_bytes)
+            except BodyTooLarge as exc:
+                finish(t0, 413, None)
+                # the rest of the body is never read: close the connection rather than drain it
+                return JSONResponse(
+                    {"detail": f"{exc}; send at most {MAX_RECORDS_PER_REQUEST} records per request"},
+                    status_code=413,
+                    headers={**version_header, "Connection": "close"},
+                )
+            try:
                 try:
-                    body = json.loads(await request.body())
+                    body = json.loads(raw)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"body is not JSON ({exc}); send {{'records': [...]}}") from None
                 records = body["records"]
@@ -232,6 +269,18 @@ def create_app(config: ServerConfig) -> FastAPI:
                 return JSONResponse(
                     {"detail": f"inference failed: {str(exc)[:300]}"}, status_code=500, headers=version_header
                 )
+            finite = np.isfinite(probs)
+            if not finite.all():
+                # NaN/inf is a model failure, never a 200: JSON has no NaN, and a client reading
+                # "probability NaN" as "not fraud" is worse than an error it can see
+                n_bad = int((~finite).sum())
+                finish(t0, 500, None, non_finite=True)
+                log.error("model produced %d non-finite predictions of %d", n_bad, probs.size)
+                return JSONResponse(
+                    {"detail": f"model produced non-finite predictions (NaN/inf) for {n_bad} of {probs.size} records"},
+                    status_code=500,
+                    headers=version_header,
+                )
             mean = float(np.mean(probs))
             for p in probs:
                 pred_hist.observe(float(p))
@@ -241,7 +290,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 "model_version": config.model_version,
             }
             finish(t0, 200, mean)
-            return Response(json.dumps(payload), media_type="application/json", headers=version_header)
+            return Response(json.dumps(payload, allow_nan=False), media_type="application/json", headers=version_header)
         finally:
             state.in_flight -= 1
 
@@ -284,6 +333,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             "latency_ms": [r[1] for r in rows],
             "status": [r[2] for r in rows],
             "mean_prediction": [r[3] for r in rows],
+            "non_finite": [r[4] for r in rows],
         }
 
     app.state.server_state = state
@@ -316,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-digest", default=None)
     p.add_argument("--ort-threads", type=int, default=1)
     p.add_argument("--graceful-shutdown-s", type=float, default=30.0)
+    p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="larger request bodies get 413")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve(
@@ -328,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
             port=a.port,
             ort_threads=a.ort_threads,
             graceful_shutdown_s=a.graceful_shutdown_s,
+            max_body_bytes=a.max_body_bytes,
         )
     )
 

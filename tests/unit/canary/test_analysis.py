@@ -105,3 +105,96 @@ def test_plot_writes_png(tmp_path: Path):
     out = plot_analysis(steps, tmp_path / "canary.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 5_000
+
+
+def _tail_samples(n: int, seed: int, slow_share: float = 0.0, bulk_scale: float = 1.0) -> Samples:
+    """Lognormal latencies; a `slow_share` of requests 6x slower, the rest scaled by bulk_scale."""
+    rng = np.random.default_rng(seed)
+    lat = rng.lognormal(mean=0.0, sigma=0.3, size=n) * bulk_scale
+    slow = rng.random(n) < slow_share
+    lat = np.where(slow, lat / bulk_scale * 6.0, lat)
+    preds = rng.beta(2, 5, size=n)
+    return Samples(
+        ts=tuple(float(i) for i in range(n)),
+        latency_ms=tuple(lat.tolist()),
+        status=(200,) * n,
+        mean_prediction=tuple(float(p) for p in preds),
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_canary_six_times_slower_on_three_percent_with_same_median_fails_on_tail_share(seed: int):
+    # a fast path that got a little faster and a slow path on 3 % of requests: medians match, so
+    # Mann-Whitney sees nothing; the share above the stable's p95 is 3 points over the expected 5 %
+    stable = _tail_samples(4000, seed)
+    canary = _tail_samples(4000, 100 + seed, slow_share=0.03, bulk_scale=0.98)
+    a = analyse_canary_step(stable, canary, TH)
+    assert a.latency_p50_canary_ms == pytest.approx(a.latency_p50_stable_ms, rel=0.1)
+    assert a.verdict == "fail", a.reasons
+    assert any("slow on" in r and "p95" in r for r in a.reasons), a.reasons
+    assert a.latency_tail_p_value is not None and a.latency_tail_p_value < TH.alpha
+    assert a.slow_share_canary is not None and a.slow_share_canary > 0.065
+
+
+def test_identical_latency_distributions_pass_the_tail_check():
+    # 8 seeds x 3 sizes = 24 identical steps; at alpha 0.01 one false alarm is within chance
+    # (p about 0.21), two are not (p about 0.02)
+    failed = []
+    for seed in range(8):
+        for n_s, n_c in ((60, 40), (400, 200), (3000, 3000)):
+            a = analyse_canary_step(_tail_samples(n_s, seed), _tail_samples(n_c, 50 + seed), TH)
+            assert "latency_tail" in a.checks_run and "latency_median" in a.checks_run
+            if a.verdict != "pass":
+                failed.append((seed, n_s, n_c, a.reasons))
+    assert len(failed) <= 1, failed
+
+
+def test_tail_test_keeps_its_false_alarm_rate_at_small_samples():
+    # exact at any sample size: 2,000 identical steps of 60 vs 40 requests alarm at most ~alpha
+    from include.mlops.canary.analysis import slow_share_p_value
+
+    rng = np.random.default_rng(11)
+    alarms = sum(
+        slow_share_p_value(rng.lognormal(0, 0.3, 60).tolist(), rng.lognormal(0, 0.3, 40).tolist(), 0.95)[0] < 0.01
+        for _ in range(2000)
+    )
+    assert alarms <= 2000 * 0.015
+
+
+def test_non_finite_predictions_fail_the_step_and_are_named():
+    canary = make_samples(100, 2)
+    nf = tuple(i % 2 == 0 for i in range(100))
+    canary = Samples(
+        canary.ts,
+        canary.latency_ms,
+        tuple(500 if x else 200 for x in nf),
+        tuple(None if x else p for x, p in zip(nf, canary.mean_prediction, strict=True)),
+        nf,
+    )
+    a = analyse_canary_step(make_samples(200, 1), canary, TH)
+    assert a.verdict == "fail"
+    assert any("non-finite predictions" in r and "50 of 100" in r for r in a.reasons), a.reasons
+    assert a.error_rate_canary == pytest.approx(0.5)  # each NaN answer counts once, as an error
+
+
+def test_ok_answers_without_usable_predictions_fail_never_pass():
+    # a server that answered 200 with NaN, serialised as null: the drift check cannot run
+    canary = make_samples(100, 2)
+    canary = Samples(canary.ts, canary.latency_ms, (200,) * 100, (None,) * 100)
+    a = analyse_canary_step(make_samples(200, 1), canary, TH)
+    assert a.verdict == "fail"
+    assert any("non-finite" in r for r in a.reasons), a.reasons
+    assert any("drift check cannot run" in r for r in a.reasons), a.reasons
+    assert "prediction_drift" not in a.checks_run
+
+
+def test_every_verdict_lists_the_checks_that_ran():
+    a = analyse_canary_step(make_samples(400, 1), make_samples(200, 2), TH)
+    assert a.checks_run == (
+        "error_rate",
+        "non_finite_predictions",
+        "latency_median",
+        "latency_tail",
+        "prediction_drift",
+    )
+    assert analyse_canary_step(make_samples(400, 1), make_samples(10, 2), TH).checks_run == ()
