@@ -177,6 +177,10 @@ def build_image(settings: ProjectSettings, plan: dict[str, Any], log: Log = prin
     from include.mlops.build.image import ModelArtifact
 
     ok, reason = engine_available(settings.docker_base_url)
+    if not ok and settings.profile != "local":  # only the local target can serve without an image
+        from include.mlops.errors import BuildError
+
+        raise BuildError(f"profile {settings.profile!r} serves images, but connection docker_default: {reason}")
     if not ok:
         msg = f"no Docker engine reachable ({reason}): the local target serves the exported model directly"
         log(msg)

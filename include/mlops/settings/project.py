@@ -92,11 +92,7 @@ class ProjectSettings:
 
         ml = BaseHook.get_connection(MLFLOW_CONN_ID)
         ml_extra = ml.extra_dejson
-        try:
-            dk = BaseHook.get_connection(DOCKER_CONN_ID)
-            docker_url, registry = dk.host, dk.extra_dejson.get("registry")
-        except Exception:  # noqa: BLE001 - the docker connection is optional on the local profile
-            docker_url, registry = None, None
+        docker_url, registry = _docker_connection()
         return cls(
             profile=Variable.get("mlops_profile", default="local"),
             mlflow_tracking_uri=f"{ml.schema or 'http'}://{ml.host}:{ml.port}",
@@ -108,3 +104,32 @@ class ProjectSettings:
             docker_base_url=docker_url,
             image_registry=registry,
         )
+
+
+def _docker_connection() -> tuple[str | None, str | None]:
+    """docker_default's engine URL and registry; (None, None) only when the connection is absent.
+
+    Airflow reports a connection it could not parse (a malformed AIRFLOW_CONN_ variable) or could
+    not look up as "not defined"; the variable being set tells a broken one from an absent one.
+    Anything else that goes wrong reading it fails, naming the connection: a release must never
+    read a broken connection as "no engine" and ship without an image.
+    """
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from include.mlops.build.docker_connection import docker_endpoints
+
+    env_var = f"AIRFLOW_CONN_{DOCKER_CONN_ID.upper()}"
+    try:
+        dk = BaseHook.get_connection(DOCKER_CONN_ID)
+    except AirflowNotFoundException as exc:
+        if os.environ.get(env_var):
+            raise SettingsError(
+                f"connection {DOCKER_CONN_ID!r}: {env_var} is set but Airflow cannot read it ({exc}); "
+                "it must be a connection URI or a JSON object with conn_type and host"
+            ) from exc
+        return None, None  # really absent: the local profile runs without an engine
+    except Exception as exc:
+        raise SettingsError(f"connection {DOCKER_CONN_ID!r} could not be looked up: {exc}") from exc
+    found = docker_endpoints(DOCKER_CONN_ID, host=dk.host, port=dk.port, login=dk.login, extra=dk.extra)
+    return found.base_url, found.registry
