@@ -7,6 +7,7 @@ behind Airflow's auth (SimpleAuthManager, configured users, a password file, rea
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from include.mlops.routing.providers.static import StaticInventoryProvider
 from include.mlops.routing.reservations import ReservationBook
 from include.mlops.routing.router import ResourceRouter
 from tests.api_server import START_LIMIT_S, ApiServer, airflow_api_server
+from tests.conftest import ROOT
 
 INVENTORY = """
 source: lab
@@ -111,14 +113,43 @@ def _token(c: httpx.Client, user: str, password: str) -> httpx.Response:
     return c.post("/auth/token", json={"username": user, "password": password})
 
 
+# A route taking every method behind the router's own auth dependency: what a route added to the
+# router's app later would get (the app's own routes are GET/POST only, so FastAPI answers 405 for
+# other methods before any dependency runs).
+PROBE_PLUGIN = """
+from fastapi import Depends, FastAPI
+from airflow.plugins_manager import AirflowPlugin
+from include.mlops.routing.airflow_auth import require_router_access
+
+app = FastAPI(dependencies=[Depends(require_router_access)])
+
+
+@app.api_route("/anything", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+def anything() -> dict:
+    return {"reached": True}
+
+
+class RouterAuthProbe(AirflowPlugin):
+    name = "router_auth_probe"
+    fastapi_apps = [{"app": app, "url_prefix": "/router-auth-probe", "name": "Router auth probe"}]
+"""
+
+
 @pytest.fixture(scope="module")
 def api_server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterApiServer]:
-    """``airflow api-server`` (core API + plugins) on a free port: viewer ``alice``, role-less ``nobody``."""
+    """``airflow api-server`` (core API + plugins) on a free port: viewer ``alice``, role-less ``nobody``.
+
+    Its plugins folder holds the router plugin as shipped and the auth probe above."""
     base = tmp_path_factory.mktemp("api-server")
     (base / "inventory.yaml").write_text(INVENTORY)
+    plugins = base / "plugins"
+    plugins.mkdir()
+    (plugins / "resource_router.py").write_text((ROOT / "plugins" / "resource_router.py").read_text())
+    (plugins / "router_auth_probe.py").write_text(PROBE_PLUGIN)
     env = {
         "AIRFLOW_VAR_ROUTER_CAPACITY_SOURCE": f"inventory:{base / 'inventory.yaml'}",
         "AIRFLOW_VAR_ROUTER_BOOK_PATH": str(base / "book.sqlite"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins),
     }
     with airflow_api_server(base, {"alice": "viewer", "nobody": ""}, env) as server:
         yield RouterApiServer(server, base / "book.sqlite")
@@ -174,6 +205,51 @@ def test_plugin_api_in_the_airflow_api_server_requires_an_airflow_token(api_serv
         )
         assert refused.status_code == 403 and "nobody" in refused.json()["detail"]
     assert api_server.server.started_in_s < START_LIMIT_S
+
+
+@pytest.mark.slow
+def test_router_api_refuses_other_methods_and_non_finite_or_split_fields_and_dry_runs_without_the_lock(
+    api_server: RouterApiServer,
+) -> None:
+    alice = api_server.server.headers("alice")
+    probe = {"task_key": "probe", "gpu_count": 1, "gpu_types": ["A100", "L4"], "memory_mib": 4096}
+    with httpx.Client(base_url=api_server.url, timeout=10, headers=alice) as c:
+        # a method other than GET or POST is refused, never authorised as a GET
+        assert c.get("/router-auth-probe/anything").json() == {"reached": True}
+        for method in ("PUT", "DELETE", "PATCH"):
+            refused = c.request(method, "/router-auth-probe/anything")
+            assert refused.status_code == 405, (method, refused.text)
+            assert method in refused.json()["detail"] and refused.headers["allow"] == "GET, POST"
+        assert c.put("/resource-router/dry-run", json=probe).status_code == 405
+
+        # JSON NaN/Infinity would never expire; a lone string would be split into characters
+        for raw in ('{"gpu_count": 1, "max_wait_s": NaN}', '{"gpu_count": 1, "max_wait_s": Infinity}'):
+            bad = c.post("/resource-router/dry-run", content=raw, headers={"Content-Type": "application/json"})
+            assert bad.status_code == 422 and "max_wait_s" in bad.json()["detail"], bad.text
+        bad = c.post("/resource-router/dry-run", json={"gpu_count": 1, "gpu_types": "A100"})
+        assert bad.status_code == 422, bad.text
+        assert "gpu_types='A100'" in bad.json()["detail"] and "list of strings" in bad.json()["detail"]
+        bad = c.post("/resource-router/dry-run", params={"waited_s": "nan"}, json=probe)
+        assert bad.status_code == 422 and "waited_s" in str(bad.json()["detail"]), bad.text
+
+        # a dry run neither takes nor waits for the book's write lock: it answers while a writer holds it
+        assert c.get("/resource-router/reservations").status_code == 200  # the book exists
+        writer = sqlite3.connect(api_server.book, isolation_level=None)
+        try:
+            writer.execute("BEGIN IMMEDIATE")
+            t0 = time.monotonic()
+            placed = c.post("/resource-router/dry-run", json={**probe, "task_key": "while-locked"})
+            locked_s = time.monotonic() - t0
+            assert placed.status_code == 200 and placed.json()["node_pool"] == "a100-pool", placed.text
+            assert locked_s < 3, f"dry run took {locked_s:.1f} s while a writer held the book"
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        keys = [d["task_key"] for d in c.get("/resource-router/decisions").json()]
+        assert "while-locked" not in keys  # its log entry was dropped, not queued behind the writer
+        assert c.post("/resource-router/dry-run", json={**probe, "task_key": "after"}).status_code == 200
+        assert c.get("/resource-router/decisions").json()[0]["task_key"] == "after"
+        assert c.get("/resource-router/reservations").json() == []
 
 
 @pytest.mark.slow

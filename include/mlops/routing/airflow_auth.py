@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 # the resource name an auth manager sees in is_authorized_custom_view (FAB: grant it to roles)
 ROUTER_RESOURCE = "Resource router"
+ROUTER_METHODS = ("GET", "POST")
 
 _bearer = HTTPBearer(auto_error=False, description="An Airflow JWT, e.g. from POST /auth/token")
 
@@ -29,8 +30,17 @@ async def require_router_access(
     from airflow.api_fastapi.auth.managers.base_auth_manager import ResourceMethod
     from airflow.api_fastapi.core_api.security import get_user
 
+    # The view has reads (GET) and dry runs (POST) only. Any other method is refused, never
+    # authorised as something else: a route added later with PUT or DELETE must not pass as a read.
+    if request.method not in ROUTER_METHODS:
+        raise HTTPException(
+            status.HTTP_405_METHOD_NOT_ALLOWED,
+            detail=f"method {request.method} is not allowed on the {ROUTER_RESOURCE!r} API; "
+            f"allowed: {', '.join(ROUTER_METHODS)}",
+            headers={"Allow": ", ".join(ROUTER_METHODS)},
+        )
     user = await get_user(request, None, credentials)
-    method = cast(ResourceMethod, request.method if request.method in ("GET", "POST") else "GET")
+    method = cast(ResourceMethod, request.method)
     if not get_auth_manager().is_authorized_custom_view(method=method, resource_name=ROUTER_RESOURCE, user=user):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,

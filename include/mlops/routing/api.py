@@ -7,6 +7,7 @@ Built by ``create_app(router_factory, dependencies=...)``: the plugin adds Airfl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,8 @@ def create_app(
 
     @app.post("/dry-run")
     def dry_run(body: dict[str, Any] = Body(...), waited_s: float = 0.0) -> dict[str, Any]:  # noqa: B008
+        if not (math.isfinite(waited_s) and waited_s >= 0):
+            raise HTTPException(422, detail=f"waited_s={waited_s!r}: must be a finite number of seconds >= 0")
         try:
             request = TaskRequest.from_dict(body)
             return router().decide(request, waited_s=waited_s, dry_run=True).to_dict()

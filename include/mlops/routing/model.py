@@ -7,6 +7,7 @@ every field carries its unit in its name.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -132,8 +133,20 @@ class TaskRequest:
     tolerate_taints: tuple[str, ...] = ()  # taint keys this task tolerates beyond the GPU taint
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "gpu_types", tuple(self.gpu_types))
-        object.__setattr__(self, "tolerate_taints", tuple(self.tolerate_taints))
+        # JSON gives a str where a list was meant ("gpu_types": "A100"): tuple() would split it
+        # into characters, so a lone string is refused, as is any item that is not a string.
+        for name in ("gpu_types", "tolerate_taints"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise PlacementError(f"{name}={value!r}: must be a list of strings, e.g. [{value!r}]")
+            if not all(isinstance(v, str) for v in value):
+                raise PlacementError(f"{name}={value!r}: every item must be a string")
+            object.__setattr__(self, name, tuple(value))
+        if isinstance(self.max_wait_s, bool) or not isinstance(self.max_wait_s, (int, float)):
+            raise PlacementError(f"max_wait_s={self.max_wait_s!r}: must be a number of seconds")
+        if not math.isfinite(self.max_wait_s):
+            # NaN compares false with everything: a request with it would never expire
+            raise PlacementError(f"max_wait_s={self.max_wait_s!r}: must be a finite number of seconds")
         if not _TASK_KEY.match(self.task_key):
             raise PlacementError(f"task_key={self.task_key!r}: use letters, digits and _.:/@+=- (max 250)")
         if self.gpu_count < 0 or self.gpu_count > 64:

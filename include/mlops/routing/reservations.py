@@ -139,6 +139,25 @@ class ReservationBook:
         finally:
             conn.close()
 
+    def record_dry_run(self, task_key: str, kind: str, body: dict[str, Any]) -> bool:
+        """Log a dry run's decision unless a writer holds the book right now; never waits for it.
+
+        A dry run places against the committed reservations (a WAL read takes no lock), so it can
+        neither delay a real placement nor be delayed by one; while a writer holds the book its log
+        entry is dropped (returns False) instead of queueing behind the writer.
+        """
+        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # "database is locked": a placement is being written
+                return False
+            BookTransaction(self, conn, self._clock()).record_decision(task_key, kind, body, dry_run=True)
+            conn.execute("COMMIT")
+            return True
+        finally:
+            conn.close()
+
     def recent_decisions(self, limit: int = 50) -> list[dict[str, Any]]:
         conn = self._connect()
         try:

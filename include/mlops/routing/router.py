@@ -6,11 +6,14 @@ One call per decision; the whole read-decide-reserve step holds the book's lock.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Protocol
 
 from include.mlops.routing.model import CapacitySnapshot, Decision, Placement, TaskRequest
 from include.mlops.routing.placement import DEFAULT_CONFIG, RouterConfig, place_task
 from include.mlops.routing.reservations import ReservationBook
+
+log = logging.getLogger(__name__)
 
 
 class CapacityProvider(Protocol):
@@ -43,18 +46,29 @@ class ResourceRouter:
         self.config = config
 
     def decide(self, request: TaskRequest, *, waited_s: float = 0.0, dry_run: bool = False) -> Decision:
-        """Place the task (reserving its share unless dry_run) or say why it waits."""
+        """Place the task (reserving its share unless dry_run) or say why it waits.
+
+        A dry run reserves nothing, so it takes no write lock either: it reads the committed
+        reservations and logs its decision only if the book is free at that moment.
+        """
         snapshot = self.provider.snapshot()
+        if dry_run:
+            held = [r.claim for r in self.book.active() if r.task_key != request.task_key]
+            decision = place_task(request, snapshot, reserved=held, waited_s=waited_s, config=self.config)
+            body = {"request": request.to_dict(), **decision.to_dict()}
+            if not self.book.record_dry_run(request.task_key, decision.decision, body):
+                log.info("dry run %r not logged: a placement held the book's lock", request.task_key)
+            return decision
         with self.book.transaction() as txn:
             held = [r.claim for r in txn.active(exclude_task_key=request.task_key)]
             decision = place_task(request, snapshot, reserved=held, waited_s=waited_s, config=self.config)
-            if isinstance(decision, Placement) and not dry_run:
+            if isinstance(decision, Placement):
                 r = txn.reserve(request.task_key, decision.claim)
                 decision = dataclasses.replace(decision, reservation_id=r.id)
             txn.record_decision(
                 request.task_key,
                 decision.decision,
                 {"request": request.to_dict(), **decision.to_dict()},
-                dry_run=dry_run,
+                dry_run=False,
             )
         return decision
