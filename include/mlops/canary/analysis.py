@@ -101,7 +101,11 @@ class Samples:
 
     @property
     def predictions(self) -> list[float]:
-        return [p for s, p in zip(self.status, self.mean_prediction, strict=False) if 200 <= s < 300 and _finite(p)]
+        return [
+            p
+            for s, p in zip(self.status, self.mean_prediction, strict=False)
+            if 200 <= s < 300 and p is not None and math.isfinite(p)
+        ]
 
 
 @dataclass(frozen=True)

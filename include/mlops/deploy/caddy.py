@@ -70,12 +70,40 @@ def split_for(stable_dial: str, canary_dial: str | None, canary_weight_pct: int)
     return Split(((stable_dial, 100 - canary_weight_pct), (canary_dial, canary_weight_pct)))
 
 
+# How fast a dead model server leaves the rotation, and how a request that met it finds another:
+# - active checks: GET /health/ready every 0.5 s (a server that is loading or failed answers 503);
+# - passive checks: a failed dial or a 502/503/504 takes the address out for 1 s, at once;
+# - retries: for up to 1 s, 50 ms apart, on another upstream. Caddy retries a failed dial always,
+#   and a request whose connection broke mid-way only if it matches retry_match; predictions are
+#   pure functions of their input, so POST /predict is as safe to retry as GET.
+# A 500 is left alone: it is the model's own error, which the canary analysis must see.
+# The interleaved rotation repeats dial addresses; Caddy keeps one health state per address
+# (passive) and checks each listed upstream (active), so duplicates change nothing but the
+# number of health requests (at most the rotation's length, 20, per interval).
+HEALTH_URI = "/health/ready"
+HEALTH_INTERVAL = "500ms"
+HEALTH_TIMEOUT = "400ms"
+FAIL_DURATION = "1s"
+TRY_DURATION = "1s"
+TRY_INTERVAL = "50ms"
+UNHEALTHY_STATUS = (502, 503, 504)
+
+
 def proxy_handler(split: Split) -> dict[str, Any]:
     return {
         "@id": PROXY_ID,
         "handler": "reverse_proxy",
         "upstreams": [{"dial": dial} for dial in split.rotation()],
-        "load_balancing": {"selection_policy": {"policy": "round_robin"}},
+        "load_balancing": {
+            "selection_policy": {"policy": "round_robin"},
+            "try_duration": TRY_DURATION,
+            "try_interval": TRY_INTERVAL,
+            "retry_match": [{"method": ["GET", "POST"]}],
+        },
+        "health_checks": {
+            "active": {"uri": HEALTH_URI, "interval": HEALTH_INTERVAL, "timeout": HEALTH_TIMEOUT},
+            "passive": {"fail_duration": FAIL_DURATION, "max_fails": 1, "unhealthy_status": list(UNHEALTHY_STATUS)},
+        },
     }
 
 

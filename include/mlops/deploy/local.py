@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from include.mlops.deploy import caddy
-from include.mlops.deploy.target import Backend, ModelRef, ServingState
+from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
 from include.mlops.errors import DeployError
 
 SERVER_MODULE = "include.mlops.serving.server"
@@ -228,6 +228,43 @@ class LocalProcessTarget:
                 self._event("rollback", version=canary["version"], reason=reason)
             self._finish_retirements(st)
 
+    def health(self) -> ServingHealth:
+        """Which recorded processes run now: a read of state.json and /proc, no lock, no HTTP."""
+        st = self._read()
+        stable, canary = Backend.from_json(st.get("stable")), Backend.from_json(st.get("canary"))
+        router = st.get("router")
+        return ServingHealth(
+            stable=None if stable is None else self._backend_alive(stable),
+            canary=None if canary is None else self._backend_alive(canary),
+            router=None if not router else pid_alive(router["pid"], router.get("pid_start_ticks")),
+        )
+
+    def restore(self) -> tuple[str, ...]:
+        """Restart a dead stable (same model, same port if free) and a dead router from state.json.
+
+        Never a canary: a canary that died has failed, and its release's analysis rolls it back
+        (the router's health checks keep traffic off it meanwhile). Under the state lock, so a
+        release task and the supervisor never restore the same thing twice.
+        """
+        done: list[str] = []
+        with self._locked() as st:
+            stable = Backend.from_json(st.get("stable"))
+            if stable is not None and not self._backend_alive(stable):
+                model = ModelRef(stable.name, stable.version, Path(stable.model_path), stable.image_digest)
+                new = self._start_backend(model, "stable", 60.0, port=stable.port)
+                st["stable"] = new.to_json()
+                self._write(st)
+                done.append(f"stable v{stable.version} (pid {stable.pid} -> {new.pid})")
+                if st.get("router") and pid_alive(st["router"]["pid"], st["router"].get("pid_start_ticks")):
+                    self._apply(st)
+            router = st.get("router")
+            if stable is not None and (not router or not pid_alive(router["pid"], router.get("pid_start_ticks"))):
+                self._ensure_router(st)
+                done.append(f"router (caddy pid {router['pid'] if router else None} -> {st['router']['pid']})")
+            if done:
+                self._event("restored", what=done)
+        return tuple(done)
+
     def stop_all(self) -> None:
         with self._locked() as st:
             for key in ("canary", "stable"):
@@ -312,13 +349,14 @@ class LocalProcessTarget:
         st["router"] = None
         raise DeployError(f"caddy did not come up within 15 s. Log tail:\n{_log_tail(str(log_path))}")
 
-    def _start_backend(self, model: ModelRef, role: str, ready_timeout_s: float) -> Backend:
+    def _start_backend(self, model: ModelRef, role: str, ready_timeout_s: float, port: int | None = None) -> Backend:
         model_path = Path(model.model_path)
         if not model_path.is_file():
             raise DeployError(f"model file {model_path} of {model.name} v{model.version} does not exist")
         last_error = ""
-        for _attempt in range(3):  # a free port can be taken between probing and binding
-            port = free_port()
+        for attempt in range(3):  # a free port can be taken between probing and binding
+            # a restarted stable takes its old port back if it can: the router's config stays valid
+            port = port if attempt == 0 and port and not _port_open(port) else free_port()
             log_path = self.state_dir / f"server-{role}-v{model.version}-{port}.log"
             cmd = [
                 self.python_executable, "-m", SERVER_MODULE,

@@ -56,6 +56,20 @@ class ServingState:
         return 100 - self.canary_weight_pct if self.canary is not None else 100
 
 
+@dataclass(frozen=True)
+class ServingHealth:
+    """Whether each recorded part of the deployment runs now: None where nothing is recorded."""
+
+    stable: bool | None
+    canary: bool | None
+    router: bool | None
+
+    @property
+    def dead(self) -> tuple[str, ...]:
+        """The parts recorded in the serving state whose process is gone."""
+        return tuple(k for k in ("stable", "canary", "router") if getattr(self, k) is False)
+
+
 @runtime_checkable
 class DeployTarget(Protocol):
     """Every operation is idempotent: a retried Airflow task finds its earlier work and continues."""
@@ -78,6 +92,14 @@ class DeployTarget(Protocol):
 
     def rollback(self, reason: str) -> None:
         """Stable takes 100 % at once; the canary is drained, then stopped."""
+        ...
+
+    def health(self) -> ServingHealth:
+        """Liveness of stable, canary and router, cheap enough to ask every second."""
+        ...
+
+    def restore(self) -> tuple[str, ...]:
+        """Restart a dead stable or router from the recorded state (never a canary); what was restored."""
         ...
 
     def stop_all(self) -> None: ...
