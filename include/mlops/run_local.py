@@ -85,9 +85,15 @@ def main() -> int:
         summary["release_state"] = run2.state if run2 else "not started"
         from include.mlops.releasing import serving_target
 
-        state = serving_target(settings).status()
+        target = serving_target(settings)
+        state = target.status()
         if state.stable is not None:
             summary["serving"] = f"v{state.stable.version} at {state.router_url}/predict (stops with `make down`)"
+            from include.mlops.deploy import supervisor
+
+            # restarts a crashed stable or router until `make down` (the DAGs are not running now)
+            pid = supervisor.start_detached(target.state_dir)
+            summary["supervisor"] = f"pid {pid}, log {target.state_dir / supervisor.LOG_FILE}"
         rc = rc or rc2
     elif summary.get("model"):
         summary["release"] = "not started: the gate rejected the challenger"

@@ -362,9 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd[0] == "ui":
             start_ui()
         elif cmd[0] == "down":
+            from include.mlops.deploy import supervisor
             from include.mlops.deploy.local import LocalProcessTarget
 
             for state in sorted(s.serving_root.glob("*/state.json")):
+                supervisor.stop(state.parent)  # first, or it would restart what stop_all stops
                 LocalProcessTarget(state.parent, python_executable=sys.executable).stop_all()
                 print(f"stopped serving {state.parent.name}")
             _stop(STANDALONE_PID, "airflow standalone")
