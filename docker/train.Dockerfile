@@ -10,7 +10,7 @@
 #                   the NVIDIA driver and container toolkit.)
 #   Offline:        put the wheels in a wheels/ folder of the context and pass
 #                     --build-arg TORCH_INDEX_URL= --build-arg PIP_INSTALL_ARGS="--no-index --find-links /src"
-# Run: docker run --rm [--gpus all] -v /data:/data mlops-train:cpu --config /data/run/train_config.json
+# Run: docker run --rm [--gpus device=0] --cap-drop ALL --security-opt no-new-privileges -v /data:/data mlops-train:cpu --config /data/run/train_config.json
 ARG BASE_IMAGE=mlops-base:bookworm
 
 # --- builder: the training venv (torch, pandas, pyarrow, onnx) ------------------------------------
@@ -39,11 +39,13 @@ RUN groupadd --system --gid 10001 mlops \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin mlops
 COPY --from=builder /opt/venv /opt/venv
+# No NVIDIA_VISIBLE_DEVICES here: under the NVIDIA runtime an image value of `all` hands every GPU of
+# the host to every container, whatever the router reserved. The GPUs come only from the launcher's
+# device request (Docker: the placement's device ids) or the device plugin (Kubernetes).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONPATH=/app \
-    NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /app
 # Code last: a code change rebuilds only this layer, not the multi-GB torch venv.

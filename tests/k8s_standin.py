@@ -184,3 +184,82 @@ def live_pods(standin: SimpleNamespace) -> list[Any]:
     return [
         obj for (res, _ns, _name), obj in standin.handler.objects.items() if res.plural == "pods" and not obj.deleted
     ]
+
+
+# Pod Security Standards, "restricted" profile (Kubernetes v1.30), as the admission controller checks
+# a pod spec; https://kubernetes.io/docs/concepts/security/pod-security-standards/
+_RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+_BASELINE_CAPABILITIES = {
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+}
+
+
+def restricted_profile_violations(manifest: dict[str, Any]) -> list[str]:
+    """Every rule of the "restricted" Pod Security profile the pod manifest breaks (empty: admitted)."""
+    spec = manifest["spec"]
+    pod_sc = spec.get("securityContext") or {}
+    out: list[str] = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            out.append(f"spec.{key} is true")
+    for vol in spec.get("volumes") or []:
+        kinds = set(vol) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUME_TYPES:
+            out.append(f"volume {vol['name']} uses {sorted(kinds - _RESTRICTED_VOLUME_TYPES)}")
+    if (pod_sc.get("windowsOptions") or {}).get("hostProcess"):
+        out.append("pod hostProcess")
+    for sysctl in pod_sc.get("sysctls") or []:
+        out.append(f"sysctl {sysctl.get('name')} set")
+    if pod_sc.get("runAsUser") == 0:
+        out.append("pod runAsUser is 0")
+    pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type")
+    if pod_seccomp not in (None, "RuntimeDefault", "Localhost"):
+        out.append(f"pod seccompProfile {pod_seccomp}")
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    for c in containers:
+        sc = c.get("securityContext") or {}
+        name = f"container {c.get('name')}"
+        if sc.get("privileged"):
+            out.append(f"{name} is privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name} allowPrivilegeEscalation is not false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"{name} does not drop ALL capabilities")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name} adds capabilities {caps.get('add')}")
+        if set(caps.get("add") or []) - _BASELINE_CAPABILITIES:
+            out.append(f"{name} adds non-baseline capabilities")
+        if not (sc.get("runAsNonRoot") is True or (pod_sc.get("runAsNonRoot") is True and "runAsNonRoot" not in sc)):
+            out.append(f"{name} runAsNonRoot is not true (pod or container)")
+        if sc.get("runAsUser") == 0:
+            out.append(f"{name} runAsUser is 0")
+        seccomp = (sc.get("seccompProfile") or {}).get("type") or pod_seccomp
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name} seccompProfile is {seccomp!r}, not RuntimeDefault/Localhost")
+        if c.get("ports") and any(p.get("hostPort") for p in c["ports"]):
+            out.append(f"{name} uses a hostPort")
+        if (sc.get("procMount") or "Default") != "Default":
+            out.append(f"{name} procMount {sc.get('procMount')}")
+    return out

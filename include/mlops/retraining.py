@@ -279,9 +279,11 @@ def _launch_training(
 
     target = placement.get("target")
     if target == "local":
+        from include.mlops.routing.training import reservation_lease
         from include.mlops.training.runner import run_training_process, training_python
 
-        return run_training_process(config, training_python(), log=log)
+        lease = reservation_lease(placement, log=log)  # renewed while training runs
+        return run_training_process(config, training_python(), log=log, placement=placement, lease=lease)
     if target == "kubernetes":
         from include.mlops.training.pod import TrainingPodSettings, run_training_pod
 
@@ -293,7 +295,12 @@ def _launch_training(
         from include.mlops.training.container import TrainingContainerSettings, run_training_container
 
         box = TrainingContainerSettings.from_airflow(settings.data_root, settings.docker_base_url)
-        return run_training_container(config, placement, box, context=context, run_name=ident.safe_name, log=log)
+        from include.mlops.routing.training import reservation_lease
+
+        lease = reservation_lease(placement, log=log)
+        return run_training_container(
+            config, placement, box, context=context, run_name=ident.safe_name, log=log, lease=lease
+        )
     if placement.get("decision") == "wait":
         raise PlacementError(f"the router says wait: {placement.get('explanation_text') or placement}")
     raise PlacementError(

@@ -1,4 +1,4 @@
-"""Training as a DockerOperator container on the real local Docker engine.
+"""Training as a container on the real local Docker engine.
 
 The image under test is a thin one on the offline base image whose entrypoint is the training
 module, with the training venv and the working tree bind-mounted read-only through the
@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +25,18 @@ from typing import Any
 import pytest
 
 from include.mlops.build import engine_available
-from include.mlops.errors import SettingsError, TrainingFailed
+from include.mlops.errors import PlacementError, SettingsError, TrainingFailed
 from include.mlops.training.config import TrainConfig
 from include.mlops.training.container import (
     TrainingContainerSettings,
     container_limits,
+    container_spec,
+    create_container,
+    docker_client,
     parse_mounts,
     run_training_container,
 )
+from include.mlops.training.runner import repo_root
 from tests.docker_trainer import dev_trainer_image, interpreter_mounts
 from tests.training_fixtures import fast_config, small_data_root
 
@@ -51,17 +59,20 @@ def data_root(tmp_path: Path) -> Path:
     return small_data_root(tmp_path)
 
 
-def _placement(cpu: str = "1", memory: str = "2Gi", gpus: int = 0) -> dict[str, Any]:
+def _placement(cpu: str = "1", memory: str = "2Gi", gpu_devices: tuple[int, ...] = ()) -> dict[str, Any]:
+    """A docker placement as the router makes it: the claim names the GPU devices it reserved."""
     requests = {"cpu": cpu, "memory": memory}
-    if gpus:
-        requests["nvidia.com/gpu"] = str(gpus)
+    if gpu_devices:
+        requests["nvidia.com/gpu"] = str(len(gpu_devices))
     return {
         "target": "docker",
         "node_pool": "docker-engine",
+        "node_name": "this-host",
         "airflow_pool": "default_pool",
         "pool_slots": 1,
         "resources_requests": requests,
         "resources_limits": {"memory": memory},
+        "claim": {"node_name": "this-host", "gpu_milli_by_device": [[d, 1000] for d in gpu_devices]},
     }
 
 
@@ -134,14 +145,172 @@ def test_config_outside_the_data_root_is_refused_before_any_container(data_root:
 
 
 def test_limits_and_mount_settings() -> None:
-    limits = container_limits(_placement(cpu="2", memory="512Mi", gpus=2))
+    limits = container_limits(_placement(cpu="2", memory="512Mi", gpu_devices=(2, 0)))
     assert limits["cpus"] == 2.0 and limits["mem_limit"] == "512m"
     (req,) = limits["device_requests"]
-    assert req.count == 2 and req.capabilities == [["gpu"]]
+    # the very devices the router reserved, not "any 2 GPUs"
+    assert req.device_ids == ["0", "2"] and not req.count and req.capabilities == [["gpu"]]
     assert "device_requests" not in container_limits(_placement())
+    unnamed = {**_placement(), "resources_requests": {"nvidia.com/gpu": "1"}}
+    with pytest.raises(PlacementError, match="claim names no GPU device"):
+        container_limits(unnamed)
     assert parse_mounts(json.dumps(["/a:/b", "/c:/c"])) == (("/a", "/b"), ("/c", "/c"))
     assert parse_mounts("") == parse_mounts("[]") == ()
     with pytest.raises(SettingsError, match="'relative:/b' must be 'HOST_PATH:CONTAINER_PATH', both absolute"):
         parse_mounts('["relative:/b"]')
     with pytest.raises(SettingsError, match="is not JSON"):
         parse_mounts("[/a:/b")
+
+
+# --- the router's GPUs, least privilege, and a retry after the worker died ------------------------
+
+
+def _settings(trainer_image: str, data_root: Path) -> TrainingContainerSettings:
+    return TrainingContainerSettings(
+        image=trainer_image, data_root=str(data_root), extra_mounts=tuple(interpreter_mounts())
+    )
+
+
+def test_a_gpu_placement_asks_the_engine_for_exactly_the_claimed_devices(trainer_image: str, data_root: Path) -> None:
+    """The container the launcher creates, inspected on the engine: a device request naming the
+    claimed GPU ids (this host has no NVIDIA runtime, so it is created, not started)."""
+    spec = container_spec(
+        "/nowhere/train_config.json",
+        _placement(gpu_devices=(3, 1)),
+        _settings(trainer_image, data_root),
+        run_name="manual__gpu",
+    )
+    cli = docker_client(None)
+    cid = create_container(cli, spec)
+    try:
+        host = cli.inspect_container(cid)["HostConfig"]
+    finally:
+        cli.remove_container(cid, force=True)
+    (request,) = host["DeviceRequests"]
+    assert request["DeviceIDs"] == ["1", "3"] and request["Capabilities"] == [["gpu"]]
+    assert not request.get("Count")  # not "any N GPUs"
+
+
+def test_the_training_container_drops_every_capability_and_cannot_gain_privileges(
+    trainer_image: str, data_root: Path
+) -> None:
+    import docker
+
+    client = docker.from_env()
+    seen: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def watch() -> None:  # inspect the container while it trains (it is removed at the end)
+        while not done.is_set() and not seen:
+            for c in client.containers.list(filters={"name": "mlops-train-manual__caps"}):
+                seen.append(c.attrs)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = run_training_container(
+            fast_config(data_root, run="manual__caps"),
+            _placement(),
+            _settings(trainer_image, data_root),
+            run_name="manual__caps",
+            log=lambda _: None,
+        )
+    finally:
+        done.set()
+        watcher.join()
+    assert result.epochs_run == 1
+    assert seen, "the training container was never seen running"
+    host = seen[0]["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd") and host["Privileged"] is False
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["NetworkMode"] == "none" and not host.get("DeviceRequests")
+    assert seen[0]["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+
+
+LAUNCHER = """
+import json, sys
+from include.mlops.training.config import TrainConfig
+from include.mlops.training.container import TrainingContainerSettings, run_training_container
+args = json.loads(sys.argv[1])
+settings = TrainingContainerSettings(
+    image=args["image"], data_root=args["data_root"], extra_mounts=tuple(tuple(m) for m in args["mounts"])
+)
+run_training_container(
+    TrainConfig.from_dict(args["config"]), args["placement"], settings, run_name=args["run"], log=print
+)
+"""
+
+
+def test_a_retry_after_the_worker_was_killed_reattaches_to_the_running_container(
+    trainer_image: str, tmp_path: Path
+) -> None:
+    """A launcher (a worker's task) is kill -9'd while its container trains; the retry follows that
+    container to its end and takes its result: one container, one training, no 409."""
+    import docker
+
+    data_root = small_data_root(tmp_path, n_rows=4000)
+    config = TrainConfig.from_dict({**fast_config(data_root, run="manual__re").to_dict(), "epochs": 12})
+    placement = _placement()
+    settings = _settings(trainer_image, data_root)
+    client = docker.from_env()
+    started = int(time.time()) - 1
+    args = {
+        "image": trainer_image,
+        "data_root": str(data_root),
+        "mounts": [list(m) for m in settings.extra_mounts],
+        "config": config.to_dict(),
+        "placement": placement,
+        "run": "manual__re",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, json.dumps(args)],
+        cwd=str(repo_root()),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the container is training: its first epoch is logged
+            found = client.containers.list(filters={"name": "mlops-train-manual__re"})
+            if found and b"epoch 1/12" in found[0].logs():
+                break
+            assert worker.poll() is None, "the launcher ended before its container trained"
+            time.sleep(0.2)
+        else:
+            pytest.fail("the training container never logged its first epoch")
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    (orphan,) = client.containers.list(filters={"name": "mlops-train-manual__re"})
+    assert orphan.status == "running"  # the worker died; its container trains on
+
+    lines: list[str] = []
+    result = run_training_container(config, placement, settings, run_name="manual__re", log=lines.append)
+    assert any("reattaching to training container mlops-train-manual__re" in line for line in lines), lines
+    assert (result.epochs_run, result.epochs_total, result.resumed_from_epoch) == (12, 12, None)  # one training
+    created = list(
+        client.events(
+            since=started,
+            until=int(time.time()) + 1,
+            decode=True,
+            filters={"type": "container", "event": "create", "label": "mlops/run=manual__re"},
+        )
+    )
+    assert len(created) == 1, created
+    assert not client.containers.list(all=True, filters={"name": "mlops-train-manual__re"})
+
+
+def test_a_stopped_container_left_by_an_earlier_try_is_replaced(trainer_image: str, data_root: Path) -> None:
+    """A container of this run that is not running (the engine restarted, or it was created and the
+    worker died before starting it) is removed and training starts again: no 409 on the fixed name."""
+    settings = _settings(trainer_image, data_root)
+    config = fast_config(data_root, run="manual__left")
+    cli = docker_client(None)
+    create_container(cli, container_spec("/nowhere.json", _placement(), settings, run_name="manual__left"))
+    lines: list[str] = []
+    result = run_training_container(config, _placement(), settings, run_name="manual__left", log=lines.append)
+    assert result.epochs_run == 1
+    assert any("replacing training container mlops-train-manual__left left created" in line for line in lines), lines

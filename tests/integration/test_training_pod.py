@@ -21,7 +21,7 @@ from include.mlops.errors import TrainingFailed
 from include.mlops.routing.model import Claim, Explanation, Placement
 from include.mlops.training.config import TrainConfig
 from include.mlops.training.pod import TrainingPodSettings, run_training_pod
-from tests.k8s_standin import NAMESPACE, kubernetes_standin, live_pods
+from tests.k8s_standin import NAMESPACE, kubernetes_standin, live_pods, restricted_profile_violations
 from tests.training_fixtures import FAST, fast_config, small_data_root
 
 kmock = pytest.importorskip("kmock")
@@ -132,6 +132,7 @@ def test_retraining_train_dispatches_kubernetes_placement_and_returns_the_local_
     cluster: SimpleNamespace, data_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from include.mlops import retraining
+    from include.mlops.data.batches import fingerprint
 
     monkeypatch.setenv("AIRFLOW_VAR_MLOPS_TRAINING_IMAGE", "registry.local/mlops-train:test")
     monkeypatch.setenv("AIRFLOW_VAR_MLOPS_DATA_VOLUME_CLAIM", "mlops-data")
@@ -141,7 +142,7 @@ def test_retraining_train_dispatches_kubernetes_placement_and_returns_the_local_
     out = retraining.train(
         settings,  # type: ignore[arg-type]
         retraining.RunIdentity("retrain", "manual__2"),
-        {"batch_path": str(batch)},
+        {"batch_path": str(batch), "fingerprint": fingerprint(batch)},  # as validate_data pinned it
         placement,
         dict(FAST),
         log=lambda _line: None,
@@ -314,3 +315,19 @@ def test_a_retry_after_the_worker_died_reattaches_to_the_running_pod(cluster: Si
     )
     assert Path(result.model_onnx_path).is_file()
     assert len(cluster.kubelet.exit_codes) == 1 and _pod_objects(cluster) == []
+
+
+def test_the_training_pod_meets_the_restricted_pod_security_profile(cluster: SimpleNamespace, data_root: Path) -> None:
+    """The pod as created on the API: valid (strict schema), admitted by Pod Security "restricted"
+    (non-root, no privilege escalation, every capability dropped, seccomp RuntimeDefault) and
+    without the service-account token (training never calls the API server)."""
+    _deferred(fast_config(data_root), data_root, cluster, hold=True)  # created, never run
+    (manifest,) = cluster.created
+    kubernetes_validate.validate(manifest, K8S_SCHEMA_VERSION, strict=True)
+    assert restricted_profile_violations(manifest) == []
+    spec = manifest["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsUser"] == 10001 and spec["securityContext"]["runAsNonRoot"] is True
+    (container,) = spec["containers"]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False

@@ -157,3 +157,29 @@ def test_batch_without_fraud_rows_fails_naming_the_split(python: str, tmp_path: 
     )
     with pytest.raises(TrainingFailed, match=r"train split has \d+ rows with 0 fraud rows: it needs both classes"):
         run_training_process(cfg, python, log=lambda _: None, timeout_s=60)
+
+
+EVIL_CHECKPOINT = """
+import os, sys, torch
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[2],))
+torch.save({"epoch": 1, "model": RunsCode()}, sys.argv[1])
+"""
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused_and_never_run(python: str, tmp_path: Path) -> None:
+    """Whoever can write the shared data root plants a checkpoint whose unpickling runs a command:
+    the trainer refuses it (weights_only) and the command never runs."""
+    batch = tmp_path / "b.parquet"
+    generate_batch(500, seed=5).to_parquet(batch)
+    cfg = TrainConfig(data_path=str(batch), output_dir=str(tmp_path / "o"), checkpoint_dir=str(tmp_path / "ck"))
+    (tmp_path / "ck").mkdir()
+    marker = tmp_path / "code-ran"
+    subprocess.run([python, "-c", EVIL_CHECKPOINT, str(tmp_path / "ck" / "last.pt"), str(marker)], check=True)
+    with pytest.raises(TrainingFailed) as info:
+        run_training_process(cfg, python, log=lambda _: None, timeout_s=60)
+    assert not marker.exists(), "loading the checkpoint ran code from it"
+    msg = str(info.value)
+    assert "exited with code 2" in msg and "CheckpointRefused" in msg
+    assert f"checkpoint {tmp_path / 'ck' / 'last.pt'} holds more than tensors and plain data" in msg

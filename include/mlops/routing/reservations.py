@@ -139,6 +139,26 @@ class ReservationBook:
         finally:
             conn.close()
 
+    def renew(self, reservation_id_or_task_key: str, ttl_s: float | None = None) -> int:
+        """Push an unexpired reservation's expiry to now + TTL (a training that still runs holds its
+        share); returns rows renewed. An expired one is not revived: its share may be placed already."""
+        now = self._clock()
+        conn = self._connect()
+        try:
+            cur = conn.execute(
+                "UPDATE reservations SET expires_at_s = MAX(expires_at_s, ?) "
+                "WHERE (id = ? OR task_key = ?) AND expires_at_s > ?",
+                (
+                    now + (self.ttl_s if ttl_s is None else ttl_s),
+                    reservation_id_or_task_key,
+                    reservation_id_or_task_key,
+                    now,
+                ),
+            )
+            return cur.rowcount
+        finally:
+            conn.close()
+
     def record_dry_run(self, task_key: str, kind: str, body: dict[str, Any]) -> bool:
         """Log a dry run's decision unless a writer holds the book right now; never waits for it.
 

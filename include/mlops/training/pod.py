@@ -6,6 +6,10 @@ path the Airflow worker sees it. The batch, the config, the checkpoints and the 
 have one path for both sides: the pod writes model.onnx and metrics.json, evaluate/register read them.
 The image (Variable ``mlops_training_image``, docker/train.Dockerfile) has ``python`` with torch and
 the repo's ``include/`` in its working directory. Kubernetes is imported inside functions only.
+
+The pod meets the Pod Security "restricted" profile: it runs as the image's non-root uid
+(``RUN_AS_USER``), cannot gain privileges, drops every capability, uses the runtime's default
+seccomp profile, and mounts no service-account token (training never talks to the API server).
 """
 
 from __future__ import annotations
@@ -31,6 +35,34 @@ DATA_VOLUME_NAME = "mlops-data"
 POD_LABELS = {"app.kubernetes.io/name": "mlops-training", "app.kubernetes.io/component": "train"}
 # KPO-level (task-level) keys of kpo_kwargs: they belong on the Airflow task, not on the pod
 TASK_LEVEL_KEYS = ("pool", "pool_slots")
+RUN_AS_USER = 10001  # the training image's `mlops` user (docker/train.Dockerfile); numeric for runAsNonRoot
+
+
+def pod_security_context() -> Any:
+    """Pod level of the "restricted" profile; fsGroup makes the RWX data volume writable to the uid."""
+    from kubernetes.client import models as k8s
+
+    return k8s.V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=RUN_AS_USER,
+        run_as_group=RUN_AS_USER,
+        fs_group=RUN_AS_USER,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def container_security_context() -> Any:
+    """Container level of the "restricted" profile (also on the container: some admission checks look there)."""
+    from kubernetes.client import models as k8s
+
+    return k8s.V1SecurityContext(
+        run_as_non_root=True,
+        run_as_user=RUN_AS_USER,
+        allow_privilege_escalation=False,
+        privileged=False,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
 
 
 class TrainingPodSettingsMissing(SettingsError):
@@ -125,6 +157,9 @@ def training_pod_operator(
             )
         ],
         volume_mounts=[k8s.V1VolumeMount(name=DATA_VOLUME_NAME, mount_path=settings.data_root)],
+        security_context=pod_security_context(),
+        container_security_context=container_security_context(),
+        automount_service_account_token=False,
         get_logs=True,
         on_finish_action="delete_pod",
         log_events_on_failure=True,

@@ -2,7 +2,13 @@
 
 Runs in the training environment (torch): reads a parquet batch, trains a small MLP on
 the non-holdout rows, checkpoints every epoch (a retry resumes), and exports model.onnx,
-metrics.json and input_example.json to output_dir. Exit 2 = bad config or data.
+metrics.json and input_example.json to output_dir. Exit 2 = bad config or data, or a
+checkpoint that is not plain data.
+
+Checkpoints live on the shared data root, which more than one party can write: they are loaded
+with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers (dicts,
+lists, numbers, strings) and never runs code from the file. Everything saved is of that kind:
+RNG states as tensors (numpy's as its key tensor plus numbers), no numpy arrays, no objects.
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ _EVAL_BATCH_ROWS = 65_536
 
 class CheckpointMismatch(MlopsError):
     """The checkpoint in checkpoint_dir was written by a run with different settings."""
+
+
+class CheckpointRefused(MlopsError):
+    """The checkpoint holds something other than tensors and plain data: it is not loaded."""
 
 
 def log(msg: str) -> None:
@@ -186,12 +196,45 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state in checkpoint-safe form (a tensor and plain numbers)."""
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "kind": str(kind),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+
+
+def set_numpy_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["kind"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
+
+
 def load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any] | None:
+    import pickle
+
     import torch
 
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointRefused(
+            f"checkpoint {path} holds more than tensors and plain data, so it is not loaded (weights_only): "
+            f"{first}. It was not written by this trainer (or was altered); delete it to train from scratch"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointRefused(f"checkpoint {path} is a {type(state).__name__}, not a checkpoint dict; delete it")
     if state.get("resume_key") != config.resume_key():
         raise CheckpointMismatch(
             f"checkpoint {path} was written for settings {state.get('resume_key')}, this run has "
@@ -334,7 +377,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         torch.set_rng_state(state["torch_rng"])
         if amp and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        np.random.set_state(state["numpy_rng"])
+        set_numpy_rng_state(state["numpy_rng"])
         history = list(state["history"])
         start_epoch = resumed_from = int(state["epoch"])
         log(f"resumed from epoch {start_epoch} ({ckpt_path})")
@@ -386,7 +429,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 "shuffle_rng": shuffle_gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if amp else None,
-                "numpy_rng": np.random.get_state(),
+                "numpy_rng": numpy_rng_state(),
                 "history": history,
                 "resume_key": config.resume_key(),
             },
@@ -445,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = TrainConfig.from_file(args.config)
         train(config)
-    except (InvalidTrainConfig, BatchReadError, CheckpointMismatch) as exc:
+    except (InvalidTrainConfig, BatchReadError, CheckpointMismatch, CheckpointRefused) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -92,12 +92,16 @@ def test_placement_round_trips_through_its_xcom_dict() -> None:
 
 
 def test_train_refuses_a_target_without_launcher(tmp_path: Path) -> None:
+    from include.mlops.data.batches import fingerprint
+
     settings = SimpleNamespace(data_root=tmp_path, runs_dir=tmp_path / "runs")
+    batch = tmp_path / "b.parquet"
+    batch.write_bytes(b"validated bytes")
     with pytest.raises(PlacementError, match=r"placement target 'slurm' has no training launcher"):
         retraining.train(
             settings,  # type: ignore[arg-type]
             retraining.RunIdentity("retrain", "r1"),
-            {"batch_path": str(tmp_path / "b.parquet")},
+            {"batch_path": str(batch), "fingerprint": fingerprint(batch)},
             {"target": "slurm", "explanation_text": "an HPC queue"},
             {},
             log=lambda _l: None,
