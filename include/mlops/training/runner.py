@@ -88,6 +88,12 @@ def placement_gpu_ids(placement: Mapping[str, Any] | None) -> list[str]:
     ids = sorted({int(pair[0]) for pair in claim.get("gpu_milli_by_device") or ()})
     requests = placement.get("resources_requests") or {}
     asks = any(str(k).startswith(GPU_RESOURCE_PREFIXES) and str(v) not in ("", "0") for k, v in requests.items())
+    if asks and not ids and claim.get("mig_profile"):
+        raise PlacementError(
+            f"placement on {placement.get('node_name') or placement.get('node_pool')!r} claims a MIG slice "
+            f"({claim.get('mig_profile')}), which a local process or Docker container cannot be limited to by "
+            "device index; run MIG placements on Kubernetes (the device plugin assigns the slice)"
+        )
     if asks and not ids:
         raise PlacementError(
             f"placement on {placement.get('node_name') or placement.get('node_pool')!r} asks for GPUs "
