@@ -277,7 +277,9 @@ def analyse(
             f"step {s.get('weight_pct')} %: {s.get('verdict')} (stable n={s.get('n_stable')}, "
             f"canary n={s.get('n_canary')}; p99 {num('latency_p99_stable_ms')} vs "
             f"{num('latency_p99_canary_ms')} ms; errors {num('error_rate_stable', '.3f')} vs "
-            f"{num('error_rate_canary', '.3f')}; drift KS {num('prediction_drift_ks', '.3f')}): "
+            f"{num('error_rate_canary', '.3f')}; slow share {num('slow_share_stable', '.3f')} vs "
+            f"{num('slow_share_canary', '.3f')}; drift KS {num('prediction_drift_ks', '.3f')}; "
+            f"checks run: {', '.join(s.get('checks_run') or ()) or 'none'}): "
             f"{'; '.join(s.get('reasons') or ()) or 'within thresholds'}"
         )
         log(step_lines[-1])
@@ -294,6 +296,8 @@ def analyse(
             thresholds=params.thresholds(),
             on_step=on_step,
         )
+    for incident in outcome.incidents:
+        log(f"during the analysis: {incident}")
     result = outcome.to_json()
     (out_dir / "analysis.json").write_text(json.dumps(result, indent=2, default=str))
     plot = plot_analysis(outcome.steps, out_dir / "analysis.png") if outcome.steps else None
