@@ -30,7 +30,7 @@ REST API (`POST /api/v2/assets/events`) after writing their file.
     tags=["mlops", "data"],
     default_args={"owner": "mlops", "retries": 1},
     params={
-        "batch_date": Param(None, type=["null", "string"], format="date", description="Batch date; empty: today"),
+        "batch_date": Param(None, type=["null", "string"], format="date", description="Batch date; empty: yesterday"),
         "rows": Param(50_000, type="integer", minimum=1000, maximum=2_000_000, description="Rows in the batch"),
         "seed": Param(7, type="integer", description="Random seed"),
         "drift": Param(0.0, type="number", minimum=0, maximum=1, description="Distribution drift to inject (0..1)"),
@@ -57,7 +57,8 @@ def land_batch() -> None:
         from include.mlops.settings.project import ProjectSettings
 
         settings = ProjectSettings.from_airflow()
-        date = params.get("batch_date") or pendulum.now("UTC").to_date_string()
+        # default yesterday: a complete day (today's would hold events later than its landing time)
+        date = params.get("batch_date") or pendulum.now("UTC").subtract(days=1).to_date_string()
         corruption = None if params["corruption"] == "none" else params["corruption"]
         path = write(settings.landing_dir, date, params["rows"], params["seed"], params["drift"], corruption)
         outlet_events[LANDING].extra = {"path": str(path)}

@@ -54,7 +54,9 @@ def main() -> int:
     try:
         batch = latest_batch(settings.landing_dir)
     except BatchReadError:
-        batch = write_batch(settings.landing_dir, time.strftime("%Y-%m-%d"), 50_000, 7, 0.0, None)
+        # yesterday's complete day: today's would hold events later than its landing time
+        yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86_400))
+        batch = write_batch(settings.landing_dir, yesterday, 50_000, 7, 0.0, None)
     print(f"batch: {batch.relative_to(PROJECT_ROOT) if batch.is_relative_to(PROJECT_ROOT) else batch}", flush=True)
 
     rc, run, _ = run_dag("retrain", {"batch_path": str(batch)})

@@ -81,9 +81,16 @@ class Deployment:
         return [json.loads(r[0]) if r[0] else {} for r in rows]
 
     def write_batch(self, date: str, **kwargs: Any) -> Path:
+        """The batch as if it landed an hour after its day ended, whatever today is: the suite
+        checks event time against the landing time (the file's mtime)."""
+        import datetime as dt
+
         from include.mlops.data.generate import write_batch
 
-        return write_batch(self.data_root / "landing", date, **kwargs)
+        path = write_batch(self.data_root / "landing", date, **kwargs)
+        landed = dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC) + dt.timedelta(hours=25)
+        os.utime(path, (landed.timestamp(), landed.timestamp()))
+        return path
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ with a message naming the expectation, column and observed value; the report fil
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -213,3 +214,97 @@ def test_same_file_gives_same_fingerprint_and_outcome(reference: Path, tmp_path:
     assert a.fingerprint == b.fingerprint
     assert [f.line() for f in a.failures] == [f.line() for f in b.failures]
     assert pd.read_parquet(batch).shape[0] == a.row_count
+
+
+# --- time and label (crafted batches through the real suite) -----------------------------------
+
+
+def _landed(df: pd.DataFrame, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    df.to_parquet(path, index=False)
+    return path
+
+
+def _lines(report: ValidationReport, kind: str, column: str | None) -> list[str]:
+    return [f.line() for f in report.failures if f.expectation_type == kind and f.column == column]
+
+
+def test_event_times_years_off_the_batch_date_fail_naming_the_day_and_examples(reference: Path, tmp_path: Path) -> None:
+    df = generate_batch(ROWS, seed=31, batch_date="2026-11-01")
+    df.loc[df.index[:3], "event_ts"] = pd.Timestamp("1994-05-01 10:00", tz="UTC")  # decades old
+    df.loc[df.index[3:5], "event_ts"] = pd.Timestamp("2031-01-01 10:00", tz="UTC")  # years ahead
+    batch = _landed(df, tmp_path, "transactions_2026-11-01.parquet")
+    landed = dt.datetime(2026, 11, 2, 6, 0, tzinfo=dt.UTC)
+    report = validate_batch(batch, SUITE, reference, tmp_path / "report", landed_at=landed)
+    assert not report.success
+    (line,) = _lines(report, "expect_column_values_to_be_between", "event_ts")
+    assert '"unexpected_count": 5' in line and "1994-05-01" in line and "2031-01-01" in line, line
+    assert "on the batch's day 2026-11-01" in line and "landing time 2026-11-02T06:00:00Z" in line, line
+    assert [f.column for f in report.failures] == ["event_ts"]  # nothing else is wrong with it
+    assert "event_ts" in failure_message(report)
+    assert_reports_written(report)
+
+
+def test_events_after_the_landing_time_fail(reference: Path, tmp_path: Path) -> None:
+    batch = write_batch(tmp_path, "2026-11-01", n_rows=ROWS, seed=32)
+    landed = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)  # landed at noon: the afternoon cannot be in it
+    report = validate_batch(batch, SUITE, reference, tmp_path / "report", landed_at=landed)
+    (line,) = _lines(report, "expect_column_values_to_be_between", "event_ts")
+    assert "not after the landing time 2026-11-01T12:00:00Z + 300 s" in line, line
+
+
+@pytest.mark.parametrize(
+    ("batch_date", "landed", "needle"),
+    [
+        ("2031-01-01", dt.datetime(2026, 12, 1, tzinfo=dt.UTC), "2031-01-01 cannot hold its events"),
+        ("1990-06-01", dt.datetime(2026, 12, 1, tzinfo=dt.UTC), "not more than 366 days before it"),
+    ],
+    ids=["dated-years-after-landing", "landed-decades-after-its-date"],
+)
+def test_a_batch_whose_date_no_landing_window_fits_fails_naming_it(
+    reference: Path, tmp_path: Path, batch_date: str, landed: dt.datetime, needle: str
+) -> None:
+    # the events agree with the file's date; the date itself is impossible for when it landed
+    batch = write_batch(tmp_path, batch_date, n_rows=ROWS, seed=33)
+    report = validate_batch(batch, SUITE, reference, tmp_path / "report", landed_at=landed)
+    (hit,) = [f for f in report.failures if f.expectation_type == "batch_date_matches_landing_time"]
+    assert needle in hit.line() and batch_date in hit.line(), hit.line()
+    assert_reports_written(report)
+
+
+def test_a_batch_of_yesterday_landed_now_passes(reference: Path, tmp_path: Path) -> None:
+    """What `make run` and the land_batch DAG land by default: yesterday's complete day, landed now."""
+    yesterday = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
+    batch = write_batch(tmp_path, yesterday, n_rows=ROWS, seed=34)
+    report = run(batch, reference, tmp_path)  # landing time: the file's mtime, i.e. now
+    assert report.success, [f.line() for f in report.failures]
+    today = write_batch(tmp_path / "today", dt.datetime.now(dt.UTC).date().isoformat(), n_rows=ROWS, seed=34)
+    if dt.datetime.now(dt.UTC).hour < 22:  # today's batch has events later than now: refused
+        assert not run(today, reference, tmp_path / "t").success
+
+
+def test_a_single_class_label_is_refused_at_validation(reference: Path, tmp_path: Path) -> None:
+    df = generate_batch(ROWS, seed=35, batch_date="2026-11-01").assign(is_fraud=False)
+    batch = _landed(df, tmp_path, "transactions_2026-11-01.parquet")
+    report = run(batch, reference, tmp_path)
+    assert {(f.expectation_type, f.column) for f in report.failures} == {
+        ("expect_column_distinct_values_to_equal_set", "is_fraud"),
+        ("expect_column_mean_to_be_between", "is_fraud"),
+    }
+    (classes,) = _lines(report, "expect_column_distinct_values_to_equal_set", "is_fraud")
+    assert '"missing_values": [true]' in classes and "both classes" in classes, classes
+    (share,) = _lines(report, "expect_column_mean_to_be_between", "is_fraud")
+    assert "observed 0" in share and "positive share in [0.005, 0.2]" in share, share
+    with pytest.raises(DataValidationError, match="is_fraud"):
+        report.raise_for_failures()
+
+
+def test_a_label_share_out_of_bounds_fails(reference: Path, tmp_path: Path) -> None:
+    df = generate_batch(ROWS, seed=36, batch_date="2026-11-01")
+    df["is_fraud"] = df.index % 5 < 2  # 40 % fraud: a broken labelling job, not a fraud wave
+    batch = _landed(df, tmp_path, "transactions_2026-11-01.parquet")
+    report = run(batch, reference, tmp_path)
+    assert [(f.expectation_type, f.column) for f in report.failures] == [
+        ("expect_column_mean_to_be_between", "is_fraud")
+    ]
+    assert "observed 0.4 " in report.failures[0].line(), report.failures[0].line()

@@ -6,6 +6,7 @@ holds tolerances, never numbers copied from one day's data. Malformed YAML fails
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import math
 from collections.abc import Mapping
@@ -21,10 +22,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATETIME_UTC",
+    "EventTimeSpec",
+    "LabelSpec",
     "SuiteError",
     "SuiteSpec",
     "build_expectations",
     "dtype_matches",
+    "event_time_bounds",
+    "event_time_expectations",
     "load_suite",
     "read_suite_spec",
 ]
@@ -44,13 +49,37 @@ _TOP_KEYS = (
     "ranges",
     "value_sets",
     "reference_checks",
+    "event_time",
+    "label",
     "expectations",
 )
 _NUMERIC_REF_KEYS = ("mean_rel_tolerance", "quantiles", "quantile_rel_tolerance", "quantile_abs_tolerance")
+_EVENT_TIME_KEYS = ("column", "before_batch_day_h", "after_batch_day_h", "after_landing_s", "max_landing_delay_days")
+_LABEL_KEYS = ("column", "positive_share")
 
 
 class SuiteError(SettingsError):
     """The suite YAML is malformed: the message names the key path (and entry index) at fault."""
+
+
+@dataclass(frozen=True)
+class EventTimeSpec:
+    """Event time against the batch's day and its landing time (tolerances from the suite)."""
+
+    column: str
+    before_batch_day_h: float  # events of the day before that arrive late
+    after_batch_day_h: float
+    after_landing_s: float  # clock skew between producers and the landing zone
+    max_landing_delay_days: float  # how late a batch may land (backfills)
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """The label column: both classes present, the positive share within bounds."""
+
+    column: str
+    positive_share_min: float
+    positive_share_max: float
 
 
 @dataclass(frozen=True)
@@ -69,6 +98,8 @@ class SuiteSpec:
     numeric_reference: dict[str, dict[str, Any]]
     categorical_kl_max: dict[str, float]
     extra: tuple[dict[str, Any], ...]
+    event_time: EventTimeSpec | None = None
+    label: LabelSpec | None = None
 
 
 def dtype_matches(expected: str, actual: Any) -> bool:
@@ -200,6 +231,9 @@ def read_suite_spec(path: str | Path) -> SuiteSpec:
             raise _fail(where, f"expected exactly the key 'kl_max', got {sorted(spec)}")
         kl_max[col] = _number(spec["kl_max"], f"{where}.kl_max", minimum=0)
 
+    event_time = _event_time_spec(doc.get("event_time"), dtypes)
+    label = _label_spec(doc.get("label"), dtypes)
+
     extra = doc.get("expectations", [])
     if not isinstance(extra, list):
         raise _fail("expectations", f"expected a list of {{type, kwargs}} entries, got {type(extra).__name__}")
@@ -228,7 +262,48 @@ def read_suite_spec(path: str | Path) -> SuiteSpec:
         numeric_reference=numeric_ref,
         categorical_kl_max=kl_max,
         extra=tuple(dict(e) for e in extra),
+        event_time=event_time,
+        label=label,
     )
+
+
+def _checked_keys(value: Any, where: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    doc = _mapping(value, where)
+    unknown = sorted(set(doc) - set(allowed))
+    missing = sorted(set(allowed) - set(doc))
+    if unknown:
+        raise _fail(where, f"unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
+    if missing:
+        raise _fail(where, f"missing key(s) {missing}")
+    return doc
+
+
+def _event_time_spec(value: Any, dtypes: Mapping[str, str]) -> EventTimeSpec | None:
+    if value is None:
+        return None
+    doc = _checked_keys(value, "event_time", _EVENT_TIME_KEYS)
+    col = doc["column"]
+    _known_column(col, "event_time.column", dtypes)
+    if dtypes[col] != DATETIME_UTC:
+        raise _fail("event_time.column", f"column {col!r} has dtype {dtypes[col]}; event time must be {DATETIME_UTC}")
+    num = {k: _number(doc[k], f"event_time.{k}", minimum=0) for k in _EVENT_TIME_KEYS[1:]}
+    return EventTimeSpec(column=col, **num)
+
+
+def _label_spec(value: Any, dtypes: Mapping[str, str]) -> LabelSpec | None:
+    if value is None:
+        return None
+    doc = _checked_keys(value, "label", _LABEL_KEYS)
+    col = doc["column"]
+    _known_column(col, "label.column", dtypes)
+    if dtypes[col] not in ("bool", "int64"):
+        raise _fail("label.column", f"column {col!r} has dtype {dtypes[col]}; a binary label is bool or int64 0/1")
+    share = _checked_keys(doc["positive_share"], "label.positive_share", ("min", "max"))
+    lo = _number(share["min"], "label.positive_share.min", minimum=0)
+    hi = _number(share["max"], "label.positive_share.max", minimum=lo)
+    if hi > 1 or lo <= 0 or hi >= 1:
+        raise _fail("label.positive_share", f"bounds must lie strictly inside (0, 1), got [{lo}, {hi}]")
+    return LabelSpec(column=col, positive_share_min=lo, positive_share_max=hi)
 
 
 def _expectation_class(name: str, where: str) -> type:
@@ -331,10 +406,79 @@ def build_expectations(spec: SuiteSpec, reference_df: pd.DataFrame | None) -> li
             )
         )
 
+    if spec.label is not None:
+        lab = spec.label
+        classes: list[Any] = [True, False] if spec.column_dtypes[lab.column] == "bool" else [1, 0]
+        out.append(
+            e.ExpectColumnDistinctValuesToEqualSet(
+                column=lab.column,
+                value_set=classes,
+                meta={"rule": f"the label must hold both classes {classes}: one class alone cannot train a model"},
+            )
+        )
+        out.append(
+            e.ExpectColumnMeanToBeBetween(
+                column=lab.column,
+                min_value=lab.positive_share_min,
+                max_value=lab.positive_share_max,
+                meta={
+                    "rule": f"expected the label's positive share in "
+                    f"[{lab.positive_share_min:g}, {lab.positive_share_max:g}]"
+                },
+            )
+        )
+
     for i, entry in enumerate(spec.extra):
         cls = _expectation_class(entry["type"], f"expectations[{i}].type")
         out.append(_make(cls, dict(entry.get("kwargs", {})), f"expectations[{i}].kwargs"))
     return out
+
+
+def event_time_bounds(
+    spec: EventTimeSpec, *, batch_date: datetime.date | None, landed_at: datetime.datetime
+) -> tuple[datetime.datetime, datetime.datetime, str]:
+    """The window a batch's event times must fall in, and the rule in words.
+
+    On the batch's day (give or take the tolerances), never after its landing time plus the clock
+    skew, and never more than max_landing_delay_days before it. Without a date (a file name that
+    carries none), only the landing time bounds it.
+    """
+    landed = landed_at.astimezone(datetime.UTC)
+    hi = landed + datetime.timedelta(seconds=spec.after_landing_s)
+    lo = landed - datetime.timedelta(days=spec.max_landing_delay_days)
+    rule = (
+        f"not after the landing time {landed:%Y-%m-%dT%H:%M:%SZ} + {spec.after_landing_s:g} s, "
+        f"not more than {spec.max_landing_delay_days:g} days before it"
+    )
+    if batch_date is not None:
+        day = datetime.datetime(batch_date.year, batch_date.month, batch_date.day, tzinfo=datetime.UTC)
+        lo = max(lo, day - datetime.timedelta(hours=spec.before_batch_day_h))
+        hi = min(hi, day + datetime.timedelta(days=1, hours=spec.after_batch_day_h))
+        rule = (
+            f"on the batch's day {batch_date} (-{spec.before_batch_day_h:g} h, +{spec.after_batch_day_h:g} h), " + rule
+        )
+    return lo, hi, f"event time must fall {rule}: expected values in [{lo.isoformat()}, {hi.isoformat()}]"
+
+
+def event_time_expectations(
+    spec: SuiteSpec, *, batch_date: datetime.date | None, landed_at: datetime.datetime
+) -> tuple[list[Any], str | None]:
+    """The batch's own time check (not cached with the suite: its bounds depend on the batch).
+
+    Returns (expectations, problem): a batch date that no window can satisfy (after the landing
+    time, or landed too long after it) is a problem in itself, named instead of a check.
+    """
+    if spec.event_time is None:
+        return [], None
+    import great_expectations as gx
+
+    lo, hi, rule = event_time_bounds(spec.event_time, batch_date=batch_date, landed_at=landed_at)
+    if lo >= hi:
+        return [], f"the batch's date {batch_date} cannot hold its events: {rule}"
+    exp = gx.expectations.ExpectColumnValuesToBeBetween(
+        column=spec.event_time.column, min_value=lo, max_value=hi, meta={"rule": rule}
+    )
+    return [exp], None
 
 
 def load_suite(path: str | Path, reference_df: pd.DataFrame | None) -> gx.ExpectationSuite:

@@ -6,9 +6,11 @@ read or fails; the returned ValidationReport is what the DAG tags on MLflow and 
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +38,9 @@ _SITE_NAME = "batch_report"
 # Pseudo expectation types for what is checked before GX can run.
 READABLE = "batch_is_readable"
 DTYPE = "column_dtype_matches_schema"
+BATCH_DATE = "batch_date_matches_landing_time"
+# The batch's date in its file name: transactions_YYYY-MM-DD.parquet, transactions_YYYY-MM-DD_2.csv, ...
+_DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 # Expectations that still say something useful about a column of the wrong dtype; others would
 # only fail deep inside pandas (e.g. comparing text with numbers).
 _DTYPE_SAFE = ("expect_column_values_to_be_of_type", "expect_column_values_to_not_be_null")
@@ -119,6 +124,9 @@ def validate_batch(
     suite_path: str | Path,
     reference_path: str | Path,
     report_dir: str | Path,
+    *,
+    batch_date: datetime.date | None = None,
+    landed_at: datetime.datetime | None = None,
 ) -> ValidationReport:
     """Validate the batch at `batch_path`; never raises for bad data, only for a bad setup.
 
@@ -126,6 +134,9 @@ def validate_batch(
     the report; expectations that cannot run on a broken column are skipped and listed. Raises
     SuiteError (bad suite YAML) or ReferenceBatchError (bad reference). Call
     `.raise_for_failures()` on the result to stop a pipeline.
+
+    The event-time check compares with `batch_date` (default: the date in the file name, if any)
+    and `landed_at` (default: the file's modification time, when it landed).
     """
     import pandas as pd
 
@@ -134,6 +145,11 @@ def validate_batch(
     batch_path = Path(batch_path)
     report_dir = Path(report_dir)
     spec, expectations = _suite_and_expectations(Path(suite_path), Path(reference_path))
+    batch_date, landed_at = _batch_time(batch_path, batch_date, landed_at)
+    from include.mlops.data_quality.suite import event_time_expectations
+
+    time_checks, date_problem = event_time_expectations(spec, batch_date=batch_date, landed_at=landed_at)
+    expectations += time_checks
 
     t0 = time.perf_counter()
     failures: list[FailedExpectation] = []
@@ -148,6 +164,8 @@ def validate_batch(
         df = pd.DataFrame()
     read_s = time.perf_counter() - t0
 
+    if date_problem is not None:
+        failures.append(FailedExpectation(BATCH_DATE, None, str(batch_date), date_problem))
     broken, dtype_failures = _schema_precheck(spec, df)
     runnable, skipped = [], []
     for exp in expectations:
@@ -195,6 +213,27 @@ def validate_batch(
         },
     )
     return report
+
+
+def _batch_time(
+    path: Path, batch_date: datetime.date | None, landed_at: datetime.datetime | None
+) -> tuple[datetime.date | None, datetime.datetime]:
+    """The batch's date (argument, else the file name's) and landing time (argument, else mtime)."""
+    if batch_date is None:
+        m = _DATE_IN_NAME.search(path.name)
+        if m:
+            try:
+                batch_date = datetime.date.fromisoformat(m.group(1))
+            except ValueError:  # 2026-13-45: not a date, so the name carries none
+                batch_date = None
+    if landed_at is None:
+        try:
+            landed_at = datetime.datetime.fromtimestamp(path.stat().st_mtime, tz=datetime.UTC)
+        except OSError:  # unreadable or missing: the read check reports it; bound by now
+            landed_at = datetime.datetime.now(datetime.UTC)
+    elif landed_at.tzinfo is None:
+        raise SettingsError(f"landed_at={landed_at!r}: must be timezone-aware (e.g. UTC)")
+    return batch_date, landed_at
 
 
 # --- suite and reference (cached per process: the DAG worker validates many batches) ---------
@@ -314,7 +353,7 @@ def _failure(r: Any) -> FailedExpectation:
     cfg = r.expectation_config
     kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("column", "batch_id")}
     res = r.result or {}
-    details = _rule(cfg.type, kwargs)
+    details = (cfg.meta or {}).get("rule") or _rule(cfg.type, kwargs)
     if "observed_value" in res:
         observed = res["observed_value"]
         mismatched = (res.get("details") or {}).get("mismatched")
@@ -324,6 +363,9 @@ def _failure(r: Any) -> FailedExpectation:
         if observed is None and partition:
             # GX gives no KL number when the batch has values outside the reference partition.
             observed = {"shares": dict(zip(map(str, partition["values"]), partition["weights"], strict=False))}
+        if observed is None and res.get("partial_missing_list"):
+            # a set check (the label's classes): name what is missing, not "None"
+            observed = {"missing_values": res["partial_missing_list"]}
     elif "unexpected_count" in res:
         observed = {
             "unexpected_count": res["unexpected_count"],

@@ -140,6 +140,11 @@ def test_kwargs_gx_rejects_name_the_entry_and_the_field(tmp_path: Path, doc: dic
             r"reference_checks\.categorical\.country: expected exactly the key 'kl_max'",
         ),
         (lambda d: d.update(not_null="some"), r"not_null: expected 'all' or a list"),
+        (lambda d: d["event_time"].update(column="amount"), r"event_time\.column: .*must be datetime64\[UTC\]"),
+        (lambda d: d["event_time"].pop("after_landing_s"), r"event_time: missing key\(s\) \['after_landing_s'\]"),
+        (lambda d: d["event_time"].update(before_batch_day_h=-1), r"event_time\.before_batch_day_h: must be >= 0"),
+        (lambda d: d["label"].update(column="is_fruad"), r"label\.column: .*did you mean 'is_fraud'"),
+        (lambda d: d["label"].update(positive_share={"min": 0, "max": 1}), r"label\.positive_share: .*inside \(0, 1\)"),
     ],
 )
 def test_malformed_suite_names_the_key_path(tmp_path: Path, doc: dict, mutate: Any, needle: str) -> None:
