@@ -14,8 +14,9 @@ DOC = """
 
 Writes a dated Parquet batch of synthetic card transactions into the landing folder
 (Variable `mlops_data_root`/landing) and emits the Asset event `transactions_landing`
-with the batch path, which triggers **retrain**. Params inject drift or corruption, to
-see the data checks stop a run. Real producers emit the same event through the Airflow
+with the batch path, which triggers **retrain**. A batch is never overwritten: a second
+batch of the same day lands as `transactions_<date>_2.parquet`, and so on. Params inject
+drift or corruption, to see the data checks stop a run. Real producers emit the same event through the Airflow
 REST API (`POST /api/v2/assets/events`) after writing their file.
 """
 
@@ -53,14 +54,16 @@ REST API (`POST /api/v2/assets/events`) after writing their file.
 def land_batch() -> None:
     @task(outlets=[LANDING])
     def write_batch(params: dict, outlet_events=None, logical_date=None) -> str:  # type: ignore[no-untyped-def]
-        from include.mlops.data.generate import write_batch as write
+        from include.mlops.data.batches import land_frame
+        from include.mlops.data.generate import generate_batch
         from include.mlops.settings.project import ProjectSettings
 
         settings = ProjectSettings.from_airflow()
         # default yesterday: a complete day (today's would hold events later than its landing time)
         date = params.get("batch_date") or pendulum.now("UTC").subtract(days=1).to_date_string()
         corruption = None if params["corruption"] == "none" else params["corruption"]
-        path = write(settings.landing_dir, date, params["rows"], params["seed"], params["drift"], corruption)
+        df = generate_batch(params["rows"], params["seed"], params["drift"], corruption, batch_date=date)
+        path = land_frame(df, settings.landing_dir, date)  # never overwrites: a 2nd batch that day gets _2
         outlet_events[LANDING].extra = {"path": str(path)}
         return str(path)
 

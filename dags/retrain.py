@@ -1,4 +1,5 @@
-"""Retrain the fraud model: validate_data -> route -> train -> evaluate -> register -> publish_challenger."""
+"""Retrain the fraud model: validate_data -> skip_if_identical -> route -> train -> evaluate -> register
+-> publish_challenger."""
 
 from __future__ import annotations
 
@@ -26,17 +27,26 @@ Runs weekly (cron from the `mlops_retrain_cron` Variable, env `AIRFLOW_VAR_MLOPS
 1. **validate_data**: Great Expectations suite `include/data/suites/transactions.yaml`
    (schema, nulls, ranges, categories, unique ids, row count, drift against the reference batch).
    A failure stops the run; the log names each failed expectation and links the Data Docs report.
-2. **route**: the resource router decides where training runs (GPU node pool, Docker, this machine) and
+   The batch's sha256 is pinned here: train and evaluate refuse the file if its bytes change after.
+2. **skip_if_identical**: when a registered version was trained on this very batch (same fingerprint)
+   with the same training code and params, the run logs `identical to vN: nothing registered` and
+   skips the rest (no training, no version, no `model_challenger_ready` event). Param
+   `retrain_identical` trains anyway.
+3. **route**: the resource router decides where training runs (GPU node pool, Docker, this machine) and
    branches to the `train.*` task that holds the placement's Airflow pool and `pool_slots`
    (`train.local`, `train.cpu`, `train.gpu_1/2/4/8`). While nothing fits, `route` is rescheduled at the
    router's recheck time (state `up_for_reschedule`, no worker slot held) until the request's `max_wait_s`.
-3. **train.local / train.cpu / train.gpu_N**: the PyTorch entrypoint `include/mlops/training/train.py` where
+4. **train.local / train.cpu / train.gpu_N**: the PyTorch entrypoint `include/mlops/training/train.py` where
    the router placed it: a local process, a KubernetesPodOperator pod (Variables `mlops_training_image`,
    `mlops_data_volume_claim`) or a DockerOperator container on the local engine; checkpoints every epoch,
    a retry resumes from the last one. **trained** passes on the result of the one that ran.
-4. **evaluate**: challenger and current `champion` on the same holdout rows (ONNX Runtime).
-5. **register**: MLflow run + model version (once per Airflow run), alias `challenger`, gate decision as tags.
-6. **publish_challenger**: emits Asset `model_challenger_ready` when the gate passed (skipped otherwise).
+5. **evaluate**: challenger and current `champion` on the same holdout rows (ONNX Runtime).
+   If MLflow cannot say who the champion is (down, timeout, 5xx), the task fails and retries:
+   only "no such model/alias" means there is no champion.
+6. **register**: MLflow run + model version (once per Airflow run), alias `challenger`, gate decision as tags.
+   The gate passes when the improvement is >= `gate_min_improvement`: with the default 0, a
+   challenger that only equals the champion passes.
+7. **publish_challenger**: emits Asset `model_challenger_ready` when the gate passed (skipped otherwise).
 """
 
 
@@ -65,6 +75,11 @@ Runs weekly (cron from the `mlops_retrain_cron` Variable, env `AIRFLOW_VAR_MLOPS
         "gate_min_improvement": Param(
             0.0, type="number", minimum=0, description="Required improvement over the champion (absolute)"
         ),
+        "retrain_identical": Param(
+            False,
+            type="boolean",
+            description="Train and register even when a version with this batch, code and params exists",
+        ),
     },
 )
 def retrain() -> None:
@@ -74,6 +89,17 @@ def retrain() -> None:
 
         batch = params.get("batch_path") or retraining.batch_from_asset_events(triggering_asset_events)
         return retraining.validate_data(retraining.settings(), retraining.identity(dag_run, ti), batch)
+
+    @task.short_circuit
+    def skip_if_identical(validation: dict, params: dict, dag_run=None, ti=None) -> bool:  # type: ignore[no-untyped-def]
+        from include.mlops import retraining
+
+        if params.get("retrain_identical"):
+            return True
+        same = retraining.find_identical(retraining.settings(), retraining.identity(dag_run, ti), validation, params)
+        if same is not None:
+            ti.xcom_push(key="identical", value=same)
+        return same is None
 
     @task.branch(retries=1)
     def route(params: dict, dag_run=None, ti=None, **context) -> str:  # type: ignore[no-untyped-def]
@@ -124,11 +150,12 @@ def retrain() -> None:
         return registered
 
     validation = validate_data()
+    fresh = skip_if_identical(validation)
     branch = route()
     with TaskGroup(GROUP_ID, tooltip="one task per Airflow pool/pool_slots a placement can ask for"):
         launches = [TrainingLaunchOperator(task_id=x.name, launch=x, retries=2) for x in LAUNCHES]
     result = trained()
-    validation >> branch >> launches
+    fresh >> branch >> launches
     launches >> result
     evaluation = evaluate(validation, result)
     registered = register(validation, result, evaluation)

@@ -47,3 +47,11 @@ class BuildError(MlopsError):
 
 class PlacementError(MlopsError):
     """A resource request cannot be placed (invalid or never satisfiable)."""
+
+
+class RegistryUnavailable(MlopsError):
+    """The model registry did not answer (unreachable, timeout, server error): the answer is unknown.
+
+    Never read as "absent": a missing champion would let a challenger pass the gate unopposed,
+    and a missing version would be registered twice. The task fails; its retry asks again.
+    """

@@ -1,11 +1,14 @@
-"""The retrain DAG's steps: validate_data, route, train, evaluate, register.
+"""The retrain DAG's steps: validate_data, skip_if_identical, route, train, evaluate, register.
 
 Each function is one task body: plain arguments in, a JSON-safe dict out (the XCom),
 so the DAG file stays wiring only and every step runs and is tested without Airflow.
+The batch's fingerprint is pinned at validation: train and evaluate refuse a file whose bytes
+changed since, so what was validated is what trains and is scored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Callable
@@ -20,6 +23,19 @@ if TYPE_CHECKING:
 
 SUITE_PATH = PROJECT_ROOT / "include" / "data" / "suites" / "transactions.yaml"
 EXPERIMENT_PREFIX = "retrain-"
+DATA_FINGERPRINT_TAG = "data.fingerprint"
+TRAINING_FINGERPRINT_TAG = "training.fingerprint"
+# What decides the model besides the data and the params: the training entrypoint, the feature
+# encoding and the pinned training requirements. A change to any of them is a different training.
+TRAINING_CODE = (
+    "include/mlops/training/train.py",
+    "include/mlops/training/config.py",
+    "include/mlops/data/features.py",
+    "include/mlops/data/schema.py",
+    "requirements-train.txt",
+)
+# TrainConfig fields that name this run's folders, not how the model is trained
+PER_RUN_CONFIG_FIELDS = frozenset({"data_path", "output_dir", "checkpoint_dir"})
 Log = Callable[[str], None]
 
 
@@ -89,6 +105,51 @@ def validate_data(
     )
     report.raise_for_failures()
     return {"batch_path": str(batch), **report.summary()}
+
+
+def hyperparams(params: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields a retrain run's params set (the rest keep TrainConfig's defaults)."""
+    return {"epochs": int(params["epochs"])}
+
+
+def training_fingerprint(config: dict[str, Any]) -> str:
+    """sha256 over the training's params (its TrainConfig minus this run's folders) and its code."""
+    h = hashlib.sha256()
+    params = {k: v for k, v in config.items() if k not in PER_RUN_CONFIG_FIELDS}
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    for rel in TRAINING_CODE:
+        path = PROJECT_ROOT / rel
+        h.update(f"\0{rel}\0".encode())
+        h.update(path.read_bytes() if path.is_file() else b"(missing)")
+    return h.hexdigest()
+
+
+def find_identical(
+    settings: ProjectSettings,
+    ident: RunIdentity,
+    validation: dict[str, Any],
+    params: dict[str, Any],
+    log: Log = print,
+) -> dict[str, Any] | None:
+    """The registered version trained on this very batch with the same code and params, if any.
+
+    Training it again would register a copy of that version and send it through a canary
+    against itself, so the run stops here instead: it reports the version and registers nothing.
+    """
+    from include.mlops.registry.mlflow_registry import MlflowRegistry
+
+    config = json.loads(train_config(settings, ident, validation, hyperparams(params)).to_json())
+    wanted = {DATA_FINGERPRINT_TAG: validation["fingerprint"], TRAINING_FINGERPRINT_TAG: training_fingerprint(config)}
+    same = MlflowRegistry(settings.mlflow_tracking_uri).find_tagged_version(settings.registered_model, wanted)
+    if same is None:
+        log(f"no version of {settings.registered_model} has this batch, code and params: training")
+        return None
+    log(
+        f"identical to v{same.version}: nothing registered ({settings.registered_model} v{same.version} was "
+        f"trained on batch {wanted[DATA_FINGERPRINT_TAG][:12]} with training fingerprint "
+        f"{wanted[TRAINING_FINGERPRINT_TAG][:12]}, by run {same.tags.get('airflow.run_id', '?')})"
+    )
+    return {"model_name": same.name, "version": same.version, **wanted}
 
 
 class CapacityWait(Exception):
@@ -187,10 +248,12 @@ def train(
     ``launch``: the launch task running this (it must hold the placement's pool slots).
     ``deferrable``: a Kubernetes pod defers the task (Airflow's TaskDeferred propagates) and
     ``resume_training`` finishes it."""
+    from include.mlops.data.batches import check_fingerprint
     from include.mlops.training.launch import check_launch
 
     if launch is not None:
         check_launch(launch, placement)
+    check_fingerprint(validation["batch_path"], validation["fingerprint"])
     config = train_config(settings, ident, validation, hyperparams)
     log(f"training on {placement.get('target')}: {placement.get('explanation_text', '')}")
     try:
@@ -202,6 +265,8 @@ def train(
             _release(ident, log)
         raise
     _release(ident, log)
+    # the trainer read the file by path: a rewrite while it ran means it trained on unvalidated bytes
+    check_fingerprint(validation["batch_path"], validation["fingerprint"])
     return trained_summary(config, result)
 
 
@@ -216,6 +281,7 @@ def resume_training(
     context: Any = None,
 ) -> dict[str, Any]:
     """Finish a deferred Kubernetes training from its trigger event (log, cleanup, result)."""
+    from include.mlops.data.batches import check_fingerprint
     from include.mlops.training.pod import TrainingPodSettings, resume_training_pod
 
     config = train_config(settings, ident, validation, hyperparams)
@@ -226,6 +292,7 @@ def resume_training(
         )
     finally:
         _release(ident, log)
+    check_fingerprint(validation["batch_path"], validation["fingerprint"])
     return trained_summary(config, result)
 
 
@@ -318,7 +385,7 @@ def evaluate(
     from include.mlops.registry.mlflow_registry import CHAMPION, MlflowRegistry
 
     fraction = float(trained["config"]["holdout_fraction"])
-    df = read_batch(Path(validation["batch_path"]))
+    df = read_batch(Path(validation["batch_path"]), expected_fingerprint=validation["fingerprint"])
     registry = MlflowRegistry(settings.mlflow_tracking_uri)
     champ_ref = registry.get_alias(settings.registered_model, CHAMPION)
     models: dict[str, str | Path] = {"challenger": Path(trained["model_onnx_path"])}
@@ -362,7 +429,8 @@ def register(
         "airflow.try_number": str(ident.try_number),
         "git.commit": git_commit(),
         "data.path": validation["batch_path"],
-        "data.fingerprint": validation["fingerprint"],
+        DATA_FINGERPRINT_TAG: validation["fingerprint"],
+        TRAINING_FINGERPRINT_TAG: training_fingerprint(trained["config"]),
         "data.rows": str(validation["row_count"]),
         "validation.success": str(validation["success"]),
         "validation.expectations": str(validation["n_expectations"]),

@@ -1,8 +1,8 @@
 """The retrain DAG end to end: real GX, real training process, real MLflow server, real Airflow runs.
 
-The runs build on each other (one deployment per module, in order): a first model, a drifted
-batch that must stop at validation, a better model gated against a champion, and a challenger
-the gate must reject.
+The runs build on each other (one deployment per module, in order): a first model, the same
+batch again that must register nothing, a drifted batch that must stop at validation, a better
+model gated against a champion, and a challenger the gate must reject.
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from tests.e2e.conftest import Deployment
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LAUNCH_TASKS = tuple(x.task_id for x in LAUNCHES)
-DOWNSTREAM_OF_VALIDATION = ("route", *LAUNCH_TASKS, "trained", "evaluate", "register", "publish_challenger")
+DOWNSTREAM_OF_VALIDATION = (
+    "skip_if_identical",
+    "route",
+    *LAUNCH_TASKS,
+    "trained",
+    "evaluate",
+    "register",
+    "publish_challenger",
+)
 
 
 def _versions(dep: Deployment) -> list:
@@ -63,6 +71,22 @@ def test_first_run_validates_trains_registers_and_publishes_the_challenger(deplo
     from include.mlops.routing.reservations import ReservationBook
 
     assert ReservationBook(deployment.base / "router" / "book.sqlite").active() == []
+
+
+def test_the_same_batch_code_and_params_again_report_the_version_and_register_nothing(
+    deployment: Deployment,
+) -> None:
+    n_events = len(deployment.asset_events(MODEL_CHALLENGER_READY))
+    batch = deployment.data_root / "landing" / "transactions_2026-11-02.parquet"  # the first run's batch
+    run = deployment.dags_test("retrain", {"batch_path": str(batch), "epochs": 1})
+
+    assert run.state == "success", run.explain()  # nothing to do is a result, not a failure
+    assert run.tasks["validate_data"] == "success" and run.tasks["skip_if_identical"] == "success"
+    for task_id in DOWNSTREAM_OF_VALIDATION[1:]:
+        assert run.tasks[task_id] == "skipped", (task_id, run.explain())
+    assert "identical to v1: nothing registered" in run.log, run.explain()
+    assert [v.version for v in _versions(deployment)] == ["1"]
+    assert len(deployment.asset_events(MODEL_CHALLENGER_READY)) == n_events
 
 
 def test_a_drifted_batch_stops_at_validation_and_registers_nothing(deployment: Deployment) -> None:

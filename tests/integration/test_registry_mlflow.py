@@ -1,4 +1,8 @@
-"""The MLflow registry against a real tracking server: logging, registration, aliases, idempotency."""
+"""The MLflow registry against a real tracking server: logging, registration, aliases, idempotency.
+
+Server errors are injected for real: a proxy in front of the server answers chosen API paths
+with 503, the way an overloaded gateway does; only MLflow's own "does not exist" means absent.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from include.mlops.errors import InvalidReleaseParams
-from include.mlops.registry.mlflow_registry import CHALLENGER, MlflowRegistry, TrainingRecord
+from include.mlops.errors import InvalidReleaseParams, RegistryUnavailable
+from include.mlops.registry.mlflow_registry import CHALLENGER, CHAMPION, MlflowRegistry, TrainingRecord
+from tests.http_fault_proxy import fault_proxy
 from tests.model_fixtures import build_logistic_model
 
 pytestmark = pytest.mark.slow
@@ -89,3 +94,84 @@ def test_unknown_model_or_version_is_a_clear_param_error(mlflow_server: str, tmp
         reg.get_version("fraud-v", "42")
     with pytest.raises(InvalidReleaseParams, match="no such alias"):
         reg.get_version("fraud-v", "champion")
+
+
+@pytest.fixture
+def no_client_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's client retries a 5xx 7 times over ~4 min by default; the outcome is the same, sooner."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
+def test_get_alias_is_none_only_when_mlflow_says_the_model_or_alias_does_not_exist(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    reg = MlflowRegistry(mlflow_server)
+    assert reg.get_alias("no-such-model-anywhere", CHAMPION) is None
+    rec = _record(tmp_path, "retrain/run-absent")
+    v = reg.register_version("fraud-absent", reg.log_training(rec, "retrain-test"), rec.run_key, {})
+    assert reg.get_alias("fraud-absent", CHAMPION) is None  # the model exists, the alias does not
+    reg.set_alias("fraud-absent", CHAMPION, v.version)
+    assert reg.get_alias("fraud-absent", CHAMPION) == reg.get_version("fraud-absent", v.version)
+
+
+def test_a_5xx_on_the_alias_lookup_is_an_error_naming_server_and_call_not_no_champion(
+    mlflow_server: str, tmp_path: Path, no_client_retries: None
+) -> None:
+    reg = MlflowRegistry(mlflow_server)
+    rec = _record(tmp_path, "retrain/run-5xx-alias")
+    v = reg.register_version("fraud-5xx-alias", reg.log_training(rec, "retrain-test"), rec.run_key, {})
+    reg.set_alias("fraud-5xx-alias", CHAMPION, v.version)
+    with fault_proxy(mlflow_server) as proxy:
+        proxy.failing = {"/registered-models/get", "/registered-models/alias"}
+        flaky = MlflowRegistry(proxy.url)
+        with pytest.raises(RegistryUnavailable, match=rf"MLflow at {proxy.url} did not answer get_registered_model"):
+            flaky.get_alias("fraud-5xx-alias", CHAMPION)
+        with pytest.raises(RegistryUnavailable):  # a release must not read "no such model" from a 503
+            flaky.get_version("fraud-5xx-alias", "champion")
+        assert proxy.failed, "the proxy injected nothing"
+        proxy.failing = set()
+        assert flaky.get_alias("fraud-5xx-alias", CHAMPION).version == v.version  # type: ignore[union-attr]
+
+
+def test_a_5xx_on_the_version_search_fails_the_retry_instead_of_registering_a_duplicate(
+    mlflow_server: str, tmp_path: Path, no_client_retries: None
+) -> None:
+    reg = MlflowRegistry(mlflow_server)
+    rec = _record(tmp_path, "retrain/run-5xx-search")
+    run_id = reg.log_training(rec, "retrain-test")
+    first = reg.register_version("fraud-5xx-search", run_id, rec.run_key, {})
+    with fault_proxy(mlflow_server) as proxy:
+        proxy.failing = {"/model-versions/search", "/runs/search"}
+        flaky = MlflowRegistry(proxy.url)
+        with pytest.raises(RegistryUnavailable, match="search_model_versions"):
+            flaky.register_version("fraud-5xx-search", run_id, rec.run_key, {})  # the task's retry
+        with pytest.raises(RegistryUnavailable, match="search_runs"):
+            flaky.find_run("retrain-test", rec.run_key)
+    versions = reg.client.search_model_versions("name = 'fraud-5xx-search'")
+    assert [mv.version for mv in versions] == [first.version]
+
+
+def test_a_truncated_cached_onnx_is_downloaded_again(mlflow_server: str, tmp_path: Path) -> None:
+    reg = MlflowRegistry(mlflow_server)
+    rec = _record(tmp_path, "retrain/run-truncated", seed=5)
+    v = reg.register_version("fraud-dl", reg.log_training(rec, "retrain-test"), rec.run_key, {})
+    original = rec.model_onnx_path.read_bytes()
+    path = reg.download_onnx(v, tmp_path / "cache")
+    assert path.read_bytes() == original
+    with path.open("r+b") as f:  # what a download killed half way leaves behind
+        f.truncate(len(original) // 2)
+    again = reg.download_onnx(v, tmp_path / "cache")
+    assert again == path and again.read_bytes() == original
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [path.relative_to(tmp_path / "cache").parts[0]]
+
+
+def test_a_cached_onnx_with_a_flipped_byte_is_downloaded_again(mlflow_server: str, tmp_path: Path) -> None:
+    reg = MlflowRegistry(mlflow_server)
+    rec = _record(tmp_path, "retrain/run-flipped", seed=6)
+    v = reg.register_version("fraud-dl-flip", reg.log_training(rec, "retrain-test"), rec.run_key, {})
+    original = rec.model_onnx_path.read_bytes()
+    path = reg.download_onnx(v, tmp_path / "cache")
+    damaged = bytearray(original)
+    damaged[-1] ^= 0xFF  # same size: only the hash recorded at download can tell
+    path.write_bytes(bytes(damaged))
+    assert reg.download_onnx(v, tmp_path / "cache").read_bytes() == original

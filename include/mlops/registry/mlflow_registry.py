@@ -2,16 +2,25 @@
 
 Every write is keyed by the Airflow run (tag `airflow.run_key`), so a retried task finds
 the run or version it already made instead of creating a duplicate. Aliases, not stages.
+Only MLflow's RESOURCE_DOES_NOT_EXIST answer means "absent"; any other failure (unreachable,
+timeout, 5xx) raises RegistryUnavailable, because "no champion" or "no version yet" read from
+an error would pass the gate unopposed or register a duplicate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from include.mlops.errors import InvalidReleaseParams
+from include.mlops.errors import InvalidReleaseParams, RegistryUnavailable
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -20,6 +29,10 @@ RUN_KEY_TAG = "airflow.run_key"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION_TAG = "release.previous_champion"
+ABSENT = "RESOURCE_DOES_NOT_EXIST"
+DOWNLOADED_DIR = "model"  # dst/<this>: a verified download, renamed into place whole
+VERIFIED_FILE = ".mlops-verified.json"  # inside it: size and sha256 of each ONNX file as verified
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,14 +90,44 @@ class MlflowRegistry:
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
+    def _ask(self, call: str, fn: Callable[[], T]) -> T:
+        """One MLflow call; any MLflow error becomes RegistryUnavailable naming the server and the call."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn()
+        except MlflowException as e:
+            raise RegistryUnavailable(
+                f"MLflow at {self.tracking_uri} did not answer {call} ({e.error_code}: {_first_line(e)}); "
+                "the answer is unknown, so this step fails and its retry asks again"
+            ) from e
+
+    def _ask_or_absent(self, call: str, fn: Callable[[], T]) -> T | None:
+        """Like _ask, but MLflow's RESOURCE_DOES_NOT_EXIST answer is None: the one error meaning "absent"."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn()
+        except MlflowException as e:
+            if e.error_code == ABSENT:
+                return None
+            raise RegistryUnavailable(
+                f"MLflow at {self.tracking_uri} did not answer {call} ({e.error_code}: {_first_line(e)}); "
+                "the answer is unknown, so this step fails and its retry asks again"
+            ) from e
+
     def find_run(self, experiment: str, run_key: str) -> str | None:
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
+        client = self.client
+        exp = self._ask(f"get_experiment_by_name({experiment!r})", lambda: client.get_experiment_by_name(experiment))
+        if exp is None:  # the client itself reads RESOURCE_DOES_NOT_EXIST as None here
             return None
-        runs = self.client.search_runs(
-            [exp.experiment_id],
-            filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and attributes.status = 'FINISHED'",
-            max_results=1,
+        runs = self._ask(
+            f"search_runs(run_key={run_key!r})",
+            lambda: client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and attributes.status = 'FINISHED'",
+                max_results=1,
+            ),
         )
         return runs[0].info.run_id if runs else None
 
@@ -134,31 +177,37 @@ class MlflowRegistry:
             return str(run.info.run_id)
 
     def find_version(self, name: str, run_key: str) -> ModelVersionRef | None:
-        from mlflow.exceptions import MlflowException
+        """The version this Airflow run registered, if any (a search of a model that does not exist is [])."""
+        return self.find_tagged_version(name, {RUN_KEY_TAG: run_key})
 
-        try:
-            found = self.client.search_model_versions(f"name = '{name}' and tags.`{RUN_KEY_TAG}` = '{run_key}'")
-        except MlflowException:
-            return None
-        return _ref(found[0]) if found else None
+    def find_tagged_version(self, name: str, tags: dict[str, str]) -> ModelVersionRef | None:
+        """The newest version of `name` carrying every tag in `tags` with that value, if any."""
+        client = self.client
+        query = " and ".join([f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+        found = self._ask(f"search_model_versions({query!r})", lambda: client.search_model_versions(query))
+        return _ref(max(found, key=lambda mv: int(mv.version))) if found else None
 
     def register_version(self, name: str, run_id: str, run_key: str, tags: dict[str, str]) -> ModelVersionRef:
         existing = self.find_version(name, run_key)
         if existing is not None:
             return existing
-        from mlflow.exceptions import MlflowException
-
         client = self.client
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name, description="Card-transaction fraud model (retrain DAG).")
+        if self._ask_or_absent(f"get_registered_model({name!r})", lambda: client.get_registered_model(name)) is None:
+            self._ask(
+                f"create_registered_model({name!r})",
+                lambda: client.create_registered_model(name, description="Card-transaction fraud model (retrain DAG)."),
+            )
         import mlflow
 
         mlflow.set_registry_uri(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
-        mv = mlflow.register_model(self._model_source(run_id), name, tags={RUN_KEY_TAG: run_key, **tags})
-        return _ref(client.get_model_version(name, mv.version))
+        mv = self._ask(
+            f"register_model({name!r}, run {run_id})",
+            lambda: mlflow.register_model(self._model_source(run_id), name, tags={RUN_KEY_TAG: run_key, **tags}),
+        )
+        return _ref(
+            self._ask(f"get_model_version({name!r}, {mv.version})", lambda: client.get_model_version(name, mv.version))
+        )
 
     def _model_source(self, run_id: str) -> str:
         import mlflow
@@ -170,36 +219,55 @@ class MlflowRegistry:
         return f"runs:/{run_id}/model"
 
     def get_alias(self, name: str, alias: str) -> ModelVersionRef | None:
-        from mlflow.exceptions import MlflowException
+        """The version `alias` points at; None only when MLflow says the model or the alias does not exist.
 
-        try:
-            return _ref(self.client.get_model_version_by_alias(name, alias))
-        except MlflowException:
+        Read from the registered model's alias map: MLflow answers a missing alias on
+        get_model_version_by_alias with INVALID_PARAMETER_VALUE, which cannot be told apart
+        from a malformed request, so that call is not used to learn absence.
+        """
+        client = self.client
+        model = self._ask_or_absent(f"get_registered_model({name!r})", lambda: client.get_registered_model(name))
+        if model is None:
             return None
+        version = dict(model.aliases or {}).get(alias)
+        if version is None:
+            return None
+        mv = self._ask_or_absent(
+            f"get_model_version({name!r}, {version}) for alias {alias!r}",
+            lambda: client.get_model_version(name, str(version)),
+        )
+        return None if mv is None else _ref(mv)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(name, alias, version)
+        client = self.client
+        self._ask(
+            f"set_registered_model_alias({name!r}, {alias!r}, {version})",
+            lambda: client.set_registered_model_alias(name, alias, version),
+        )
 
     def get_version(self, name: str, version: str) -> ModelVersionRef:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.get_registered_model(name)
-        except MlflowException as e:
-            raise InvalidReleaseParams(f"param model_name={name!r}: no such registered model") from e
+        client = self.client
+        if self._ask_or_absent(f"get_registered_model({name!r})", lambda: client.get_registered_model(name)) is None:
+            raise InvalidReleaseParams(f"param model_name={name!r}: no such registered model")
         if not version.isdigit():
             ref = self.get_alias(name, version)
             if ref is None:
                 raise InvalidReleaseParams(f"param version={version!r}: model {name!r} has no such alias")
             return ref
-        try:
-            return _ref(self.client.get_model_version(name, version))
-        except MlflowException as e:
-            raise InvalidReleaseParams(f"param version={version!r}: model {name!r} has no version {version}") from e
+        mv = self._ask_or_absent(
+            f"get_model_version({name!r}, {version})", lambda: client.get_model_version(name, version)
+        )
+        if mv is None:
+            raise InvalidReleaseParams(f"param version={version!r}: model {name!r} has no version {version}")
+        return _ref(mv)
 
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        client = self.client
         for k, v in tags.items():
-            self.client.set_model_version_tag(name, version, k, str(v)[:5000])
+            self._ask(
+                f"set_model_version_tag({name!r}, {version}, {k!r})",
+                partial(client.set_model_version_tag, name, version, k, str(v)[:5000]),
+            )
 
     def log_version_artifact(self, ref: ModelVersionRef, local_path: Path, artifact_path: str) -> None:
         """Attach a file (analysis JSON, plot) to the run that produced the version."""
@@ -208,19 +276,105 @@ class MlflowRegistry:
         self.client.log_artifact(ref.run_id, str(local_path), artifact_path=artifact_path)
 
     def download_onnx(self, ref: ModelVersionRef, dst: Path) -> Path:
-        """Download the version's ONNX file to dst/ (cached: a second call reads the disk)."""
+        """The version's ONNX file under dst/, downloaded once and checked against MLflow on every call.
+
+        A copy on disk is reused only when each ONNX file has the size MLflow lists for the artifact
+        and the sha256 recorded when that copy was verified (MLflow keeps no hash of its own).
+        Anything else (a truncated file, a bit flipped, a download that died half way) is downloaded
+        again. A download lands in a temporary folder beside the copy and is renamed into place whole,
+        so no reader ever sees a partial model.
+        """
         import mlflow
 
-        dst.mkdir(parents=True, exist_ok=True)
-        cached = sorted(dst.rglob("*.onnx"))
-        if cached:
-            return cached[0]
+        client = self.client
         # resolve models:/ through *this* registry (the process-wide default may point elsewhere)
-        source = self.client.get_model_version_download_uri(ref.name, ref.version)
-        local = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri)
+        source = self._ask(
+            f"get_model_version_download_uri({ref.name!r}, {ref.version})",
+            lambda: client.get_model_version_download_uri(ref.name, ref.version),
         )
-        found = sorted(local.rglob("*.onnx"))
-        if not found:
-            raise FileNotFoundError(f"model {ref.name} v{ref.version}: no .onnx file in {ref.uri}")
-        return found[0]  # left in place: an ONNX file may reference external data beside it
+        listed = self._ask(
+            f"list_artifacts({source})",
+            lambda: mlflow.artifacts.list_artifacts(artifact_uri=source, tracking_uri=self.tracking_uri),
+        )
+        onnx_files = [f for f in listed if not f.is_dir and f.path.endswith(".onnx")]
+        if not onnx_files or any(f.file_size is None for f in onnx_files):
+            raise FileNotFoundError(f"model {ref.name} v{ref.version}: no .onnx file with a size in {source}")
+        expected = {f.path: int(f.file_size or 0) for f in onnx_files}
+        onnx_path = min(expected)
+        final = dst / DOWNLOADED_DIR
+        if _verified_copy(final, expected):
+            return final / onnx_path
+        dst.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dst))
+        try:
+            self._ask(
+                f"download_artifacts({source})",
+                lambda: mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=str(tmp), tracking_uri=self.tracking_uri
+                ),
+            )
+            record = {}
+            for rel, size in expected.items():
+                got = tmp / rel
+                have = got.stat().st_size if got.is_file() else None
+                if have != size:
+                    raise RegistryUnavailable(
+                        f"model {ref.name} v{ref.version}: downloaded {rel} from {source} has "
+                        f"{have if have is not None else 'no'} bytes, MLflow lists {size}"
+                    )
+                record[rel] = {"size": size, "sha256": _sha256(got)}
+            (tmp / VERIFIED_FILE).write_text(json.dumps(record, sort_keys=True))
+            _replace_dir(tmp, final, expected)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final / onnx_path  # the folder stays whole: an ONNX file may reference data beside it
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verified_copy(folder: Path, expected: dict[str, int]) -> bool:
+    """True when `folder` holds each expected file at MLflow's size and the sha256 recorded at download."""
+    try:
+        record = json.loads((folder / VERIFIED_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    for rel, size in expected.items():
+        path = folder / rel
+        entry = record.get(rel) if isinstance(record, dict) else None
+        if not isinstance(entry, dict) or entry.get("size") != size or not path.is_file():
+            return False
+        if path.stat().st_size != size or _sha256(path) != entry.get("sha256"):
+            return False
+    return True
+
+
+def _replace_dir(new: Path, final: Path, expected: dict[str, int]) -> None:
+    """Rename the verified download `new` to `final`, moving a stale copy aside first.
+
+    Renaming a folder onto a name that exists fails, so a concurrent download that got there
+    first wins: its copy is kept when it verifies.
+    """
+    if final.exists() and not _verified_copy(final, expected):
+        stale = final.with_name(f".stale-{final.name}-{os.getpid()}")
+        shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(final, stale)
+        except FileNotFoundError:
+            pass  # another process moved it aside already
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(new, final)
+    except OSError:
+        if not _verified_copy(final, expected):
+            raise

@@ -1,4 +1,4 @@
-"""read_batch's errors for each way a batch can be unusable; latest_batch; fingerprint."""
+"""read_batch's errors for each way a batch can be unusable; latest_batch; fingerprint; pinned reads; landing."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import pandas as pd
 import pytest
 
 from include.mlops.data.batches import (
+    BatchChangedError,
     EmptyBatchError,
+    InvalidBatchDate,
     MissingBatchError,
     UnreadableBatchError,
+    check_fingerprint,
     fingerprint,
+    land_frame,
     latest_batch,
     read_batch,
 )
@@ -150,3 +154,66 @@ def test_fingerprint_is_sha256_of_the_bytes_for_any_chunk_size(tmp_path: Path) -
 def test_fingerprint_of_a_missing_file_is_a_missing_batch(tmp_path: Path) -> None:
     with pytest.raises(MissingBatchError):
         fingerprint(tmp_path / "x.parquet")
+
+
+def test_a_pinned_read_returns_the_validated_frame(tmp_path: Path, frame: pd.DataFrame) -> None:
+    p = tmp_path / "transactions_2026-11-01.parquet"
+    frame.to_parquet(p, index=False)
+    pd.testing.assert_frame_equal(read_batch(p, expected_fingerprint=fingerprint(p)), frame)
+    check_fingerprint(p, fingerprint(p))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_batch_rewritten_after_validation_is_refused_naming_file_and_both_fingerprints(
+    tmp_path: Path, frame: pd.DataFrame, suffix: str
+) -> None:
+    p = tmp_path / f"transactions_2026-11-01{suffix}"
+    write = (
+        (lambda df: df.to_parquet(p, index=False)) if suffix == ".parquet" else (lambda df: df.to_csv(p, index=False))
+    )
+    write(frame)
+    validated = fingerprint(p)
+    write(frame.iloc[:-1])  # one row fewer, same name
+    now = fingerprint(p)
+    for call in (lambda: read_batch(p, expected_fingerprint=validated), lambda: check_fingerprint(p, validated)):
+        with pytest.raises(BatchChangedError) as err:
+            call()
+        assert str(p) in str(err.value) and validated in str(err.value) and now in str(err.value)
+        assert isinstance(err.value, BatchReadError)
+
+
+def test_a_pin_without_a_fingerprint_is_refused(tmp_path: Path, frame: pd.DataFrame) -> None:
+    p = tmp_path / "transactions_2026-11-01.parquet"
+    frame.to_parquet(p, index=False)
+    with pytest.raises(BatchChangedError, match="no validated fingerprint"):
+        check_fingerprint(p, "")
+
+
+def test_landing_twice_on_one_day_keeps_both_batches_and_the_first_untouched(tmp_path: Path) -> None:
+    first = land_frame(generate_batch(300, seed=1, batch_date="2026-11-05"), tmp_path, "2026-11-05")
+    before = first.read_bytes()
+    second = land_frame(generate_batch(300, seed=2, batch_date="2026-11-05"), tmp_path, "2026-11-05")
+    third = land_frame(generate_batch(300, seed=3, batch_date="2026-11-05"), tmp_path, "2026-11-05")
+
+    assert first.name == "transactions_2026-11-05.parquet"
+    assert (second.name, third.name) == ("transactions_2026-11-05_2.parquet", "transactions_2026-11-05_3.parquet")
+    assert first.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, second.name, third.name]  # no temp left
+    assert latest_batch(tmp_path) == third  # the day's newest batch is the one the next retrain takes
+    assert read_batch(second)["transaction_id"].iloc[0] != read_batch(first)["transaction_id"].iloc[0]
+
+
+def test_latest_batch_orders_a_days_numbered_batches_after_its_first(tmp_path: Path) -> None:
+    for name in (
+        "transactions_2026-11-05_10.parquet",
+        "transactions_2026-11-05_2.parquet",
+        "transactions_2026-11-05.parquet",
+    ):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "transactions_2026-11-04_99.parquet").write_text("x")
+    assert latest_batch(tmp_path).name == "transactions_2026-11-05_10.parquet"
+
+
+def test_landing_refuses_a_date_its_name_could_not_be_found_by(tmp_path: Path) -> None:
+    with pytest.raises(InvalidBatchDate, match=r"batch_date='5/11/2026': must be a date written YYYY-MM-DD"):
+        land_frame(generate_batch(10, seed=1), tmp_path, "5/11/2026")
