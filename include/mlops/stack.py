@@ -329,22 +329,29 @@ def init_airflow() -> None:
 def start_ui() -> None:
     """Airflow standalone (api-server, scheduler, dag-processor, triggerer) in the background."""
     s = ProjectSettings.from_settings_file()
+    standalone_up = _pid_alive(STANDALONE_PID) is not None
+    if not standalone_up and port_owner(UI_PORT) != "nothing listening now":  # before starting anything
+        raise StackError(
+            f"port {UI_PORT} (the Airflow UI) is taken by {port_owner(UI_PORT)}; "
+            "stop it or start the UI on another port with MLOPS_UI_PORT"
+        )
+    mlflow_was_up = _own_mlflow(s) is not None
     start_mlflow(s)
     health = f"{UI_URL}/api/v2/monitor/health"
-    if _pid_alive(STANDALONE_PID) is None:
-        if port_owner(UI_PORT) != "nothing listening now":
-            raise StackError(
-                f"port {UI_PORT} (the Airflow UI) is taken by {port_owner(UI_PORT)}; "
-                "stop it or start the UI on another port with MLOPS_UI_PORT"
+    if not standalone_up:
+        try:
+            _start(
+                [str(VENV_BIN / "airflow"), "standalone"],
+                pid_file=STANDALONE_PID,
+                log=LOCAL_DIR / "airflow-standalone.log",
+                env=airflow_env(),
+                url=health,
+                what="Airflow api-server (airflow standalone)",
             )
-        _start(
-            [str(VENV_BIN / "airflow"), "standalone"],
-            pid_file=STANDALONE_PID,
-            log=LOCAL_DIR / "airflow-standalone.log",
-            env=airflow_env(),
-            url=health,
-            what="Airflow api-server (airflow standalone)",
-        )
+        except BaseException:
+            if not mlflow_was_up:  # a failed start leaves nothing it started behind
+                _stop(MLFLOW_PID, "mlflow server")
+            raise
     pw = AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated"
     print(f"Airflow UI: {UI_URL}  (user admin, password in {pw})")
     print(f"MLflow UI:  {s.mlflow_tracking_uri}")

@@ -180,3 +180,26 @@ def test_start_mlflow_refuses_a_port_answered_by_another_checkouts_server(tmp_pa
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_ui_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:
+    ui_port = free_port()
+    squatter = subprocess.Popen(
+        [PYTHON, "-m", "http.server", str(ui_port), "--bind", "127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while not _listening(ui_port):
+            assert time.monotonic() < deadline, "http.server did not start"
+            time.sleep(0.1)
+        env = _fresh_shell_env(tmp_path, mlflow_port=free_port(), ui_port=ui_port)
+        refused = _stack(env, "ui", timeout_s=180)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"port {ui_port} (the Airflow UI) is taken by pid {squatter.pid}" in refused.stderr, refused.stderr
+        assert not (tmp_path / "local/mlflow/server.log").exists()  # not even MLflow was started
+        assert _processes_with(f"MLOPS_LOCAL_DIR={tmp_path / 'local'}") == []
+        assert squatter.poll() is None
+    finally:
+        squatter.terminate()
+        squatter.wait(10)
