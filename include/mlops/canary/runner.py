@@ -96,7 +96,7 @@ def _check_liveness(target: DeployTarget, incidents: list[str]) -> None:
         what = f"v{c.version} (pid {c.pid})" if c is not None else ""
         raise CanaryDied(f"canary {what} died: its process is not running".replace("  ", " "))
     if health.stable is False or health.router is False:
-        dead = [k for k in ("stable", "router") if getattr(health, k) is False]
+        dead = [k for k in health.dead if k != "canary"]
         t0 = time.monotonic()
         restored = target.restore()
         incidents.append(

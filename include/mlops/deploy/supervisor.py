@@ -39,7 +39,7 @@ def supervise(target: LocalProcessTarget, interval_s: float, stop: threading.Eve
         try:
             health = target.health()
             if health.stable is False or health.router is False:
-                dead = [k for k in ("stable", "router") if getattr(health, k) is False]
+                dead = [k for k in health.dead if k != "canary"]
                 t0 = time.monotonic()
                 restored = target.restore()
                 if restored:
