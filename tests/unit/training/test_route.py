@@ -57,3 +57,37 @@ def test_a_request_no_launch_task_can_hold_is_refused_and_its_reservation_droppe
     with pytest.raises(PlacementError, match="takes target='local' in pool 'someone_elses_pool'"):
         route_training(IDENT, {"gpu_count": 0, "gpu_types": []}, router=router)
     assert router.book.active() == []
+
+
+def test_a_docker_gpu_placement_names_the_free_devices_it_reserved_and_the_launchers_use_them(
+    tmp_path: Path,
+) -> None:
+    """The router's claim carries GPU identities (device indices); the container's device request and
+    the local trainer's CUDA_VISIBLE_DEVICES are those devices, not "any N GPUs"."""
+    import yaml
+
+    from include.mlops.routing.providers.static import StaticInventoryProvider
+    from include.mlops.training.container import container_limits
+    from include.mlops.training.runner import placement_gpu_ids, training_environment
+
+    inventory = {
+        "target": "docker",
+        "nodes": [
+            {"name": "gpu-box", "node_pool": "docker-engine", "gpu_type": "NVIDIA-L4", "gpus": 4, "gpus_used": 1,
+             "cpu": "16", "memory": "64Gi"},
+        ],
+    }  # fmt: skip
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(inventory))
+    router = ResourceRouter(
+        StaticInventoryProvider(tmp_path / "inventory.yaml"), ReservationBook(tmp_path / "b.sqlite")
+    )
+    first = route_training(IDENT, {"gpu_count": 2, "gpu_types": ["NVIDIA-L4"]}, router=router, log=lambda _: None)
+    other = route_training(
+        RunIdentity("retrain", "manual__r2"), {"gpu_count": 1, "gpu_types": ["NVIDIA-L4"]}, router=router
+    )
+    ids, other_ids = placement_gpu_ids(first), placement_gpu_ids(other)
+    assert first["target"] == "docker" and len(ids) == 2 and len(other_ids) == 1
+    assert "0" not in ids + other_ids and not set(ids) & set(other_ids)  # device 0 was in use
+    (request,) = container_limits(first)["device_requests"]
+    assert request.device_ids == ids
+    assert training_environment({}, gpu_ids=ids)["CUDA_VISIBLE_DEVICES"] == ",".join(ids)
