@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import re
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from include.mlops.errors import PlacementError
 from include.mlops.routing.model import (
     CapacitySnapshot,
+    Claim,
+    Explanation,
     NodeCapacity,
     Placement,
+    PoolVerdict,
     Taint,
     TaskRequest,
     WaitDecision,
@@ -22,10 +23,13 @@ from include.mlops.routing.placement import (
     DEFAULT_CONFIG,
     RouterConfig,
     apply_claims,
+    base_product,
+    mig_fraction_milli,
     place_task,
     type_free_pct,
     type_rank,
 )
+from include.mlops.routing.workload import TaskShape
 
 A100 = "NVIDIA-A100-SXM4-80GB"
 T4 = "Tesla-T4"
@@ -64,7 +68,8 @@ def test_preferred_type_wins_even_when_the_other_type_packs_better():
     d = place_task(TaskRequest(gpu_count=1, gpu_types=("A100", "T4")), s)
     assert isinstance(d, Placement) and d.node_pool == "a100"
     lost = next(v for v in d.explanation.considered if v.node_pool == "t4")
-    assert lost.outcome == "lost" and "preference #2" in lost.reason
+    assert lost.outcome == "lost"
+    assert lost.reason == f"GPU type {T4} is preference #2; #1 {A100} fits in pool a100"
 
 
 def test_falls_through_to_the_next_type_when_the_preferred_is_full():
@@ -101,7 +106,9 @@ def test_fraction_prefers_a_mig_slice_over_wasting_an_exclusive_device():
     assert d.resources_requests["nvidia.com/mig-1g.10gb"] == "1"
     assert d.resources_limits["nvidia.com/mig-1g.10gb"] == "1"
     lost = next(v for v in d.explanation.considered if v.node_pool == "a100")
-    assert "wastes" in lost.reason
+    assert lost.reason == "fraction on an exclusive device wastes 880 milli"  # 1000 - 120
+    chosen = next(v for v in d.explanation.considered if v.outcome == "chosen")
+    assert not chosen.reason.endswith("milli") or "wastes" not in chosen.reason  # a slice is no penalty
 
 
 def test_whole_gpu_request_never_lands_on_time_sliced_gpus():
@@ -145,13 +152,46 @@ def test_local_is_only_a_last_resort_and_only_when_allowed():
     assert "last resort" in next(v.reason for v in d.explanation.considered if v.target == "local")
 
 
-def test_busy_cluster_gives_a_wait_with_recheck_and_max_wait_flag():
+BUSY_A100 = "1/1 node(s): 0 whole GPU(s) free < 1"
+
+
+@pytest.mark.parametrize(
+    ("waited_s", "recheck_s", "exceeded"),
+    [
+        (0, 120, False),  # 600 s left: a quarter is 150, capped at recheck_max_s 120
+        (400, 50, False),  # 200 s left: a quarter, 50
+        (398, 51, False),  # 202 s left: 50.5, rounded up
+        (560, 15, False),  # 40 s left: 10, raised to recheck_min_s 15
+        (599, 15, False),  # 1 s left: not yet exceeded
+        (600, 15, True),  # 0 s left: exceeded exactly at max_wait_s
+        (601, 15, True),
+    ],
+)
+def test_busy_cluster_waits_with_the_exact_recheck_time_and_max_wait_flag(waited_s, recheck_s, exceeded):
     s = snap(node("a1", "a100", A100, 8, used=8))
-    d = place_task(TaskRequest(gpu_count=1, max_wait_s=600), s, waited_s=100)
-    assert isinstance(d, WaitDecision) and not d.max_wait_exceeded
-    assert 15 <= d.recheck_after_s <= 120 and "0 whole GPU(s) free" in d.reason
-    d = place_task(TaskRequest(gpu_count=1, max_wait_s=600), s, waited_s=601)
-    assert isinstance(d, WaitDecision) and d.max_wait_exceeded and "max_wait_s exceeded" in d.reason
+    d = place_task(TaskRequest(gpu_count=1, max_wait_s=600), s, waited_s=waited_s)
+    reason = ("max_wait_s exceeded; " if exceeded else "") + f"no acceptable capacity free now (a100: {BUSY_A100})"
+    verdict = PoolVerdict("kubernetes", "a100", A100, 1, 0, "infeasible", BUSY_A100)
+    assert d == WaitDecision(reason, recheck_s, waited_s, exceeded, Explanation(reason, (verdict,)))
+
+
+def test_recheck_time_follows_the_configured_bounds():
+    s = snap(node("a1", "a100", A100, 8, used=8))
+    cfg = dataclasses.replace(DEFAULT_CONFIG, recheck_min_s=30.0, recheck_max_s=40.0)
+    req = TaskRequest(gpu_count=1, max_wait_s=600)
+    assert place_task(req, s, waited_s=400, config=cfg).recheck_after_s == 40  # 50 capped at 40
+    assert place_task(req, s, waited_s=520, config=cfg).recheck_after_s == 30  # 20 raised to 30
+    assert place_task(req, s, waited_s=700, config=cfg).recheck_after_s == 30
+
+
+def test_wait_reason_lists_every_infeasible_pool():
+    s = snap(node("a1", "a100", A100, 8, used=8), node("t1", "t4", T4, 4, used=4))
+    d = place_task(TaskRequest(gpu_count=1), s)
+    assert isinstance(d, WaitDecision)
+    assert d.reason == (
+        "no acceptable capacity free now (a100: 1/1 node(s): 0 whole GPU(s) free < 1; "
+        "t4: 1/1 node(s): 0 whole GPU(s) free < 1)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -166,89 +206,6 @@ def test_busy_cluster_gives_a_wait_with_recheck_and_max_wait_flag():
 def test_invalid_requests_name_the_field(fields, message):
     with pytest.raises(PlacementError, match=message):
         TaskRequest.from_dict(fields)
-
-
-# --- properties ------------------------------------------------------------------------------
-
-TYPES = [A100, T4, "NVIDIA-H100-80GB-HBM3"]
-
-
-@st.composite
-def clusters(draw):
-    nodes = []
-    for i in range(draw(st.integers(1, 12))):
-        gpus = draw(st.sampled_from([0, 1, 2, 4, 8]))
-        sharing = draw(st.sampled_from(["exclusive", "milli"])) if gpus else "exclusive"
-        if sharing == "milli":
-            free = tuple(draw(st.lists(st.integers(0, 1000), min_size=gpus, max_size=gpus)))
-        else:
-            free = tuple(draw(st.lists(st.sampled_from([0, 1000]), min_size=gpus, max_size=gpus)))
-        nodes.append(
-            NodeCapacity(
-                name=f"n{i}", node_pool=f"p{i % 4}",
-                cpu_free_millicores=draw(st.integers(0, 96_000)), memory_free_mib=draw(st.integers(0, 512_000)),
-                cpu_allocatable_millicores=96_000, memory_allocatable_mib=512_000,
-                gpu_type=draw(st.sampled_from(TYPES)) if gpus else None, gpu_sharing=sharing, gpu_free_milli=free,
-                schedulable=draw(st.booleans()) or True,
-            )
-        )  # fmt: skip
-    return CapacitySnapshot(tuple(nodes), "hyp")
-
-
-requests = st.builds(
-    TaskRequest,
-    gpu_count=st.sampled_from([0, 1, 2, 4, 8]),
-    cpu_millicores=st.integers(100, 64_000),
-    memory_mib=st.integers(128, 300_000),
-    gpu_types=st.lists(st.sampled_from(["A100", "T4", "H100"]), unique=True, max_size=2).map(tuple),
-)
-
-
-@settings(max_examples=120, deadline=None)
-@given(cluster=clusters(), reqs=st.lists(requests, min_size=1, max_size=12))
-def test_repeated_placements_never_overcommit_a_node_or_break_the_type_rule(cluster, reqs):
-    claims = []
-    for req in reqs:
-        try:
-            d = place_task(req, cluster, reserved=claims)
-        except PlacementError:
-            continue
-        if isinstance(d, WaitDecision):
-            assert d.reason and d.explanation.considered
-            continue
-        claims.append(d.claim)
-        if req.gpu_types and req.needs_gpu:
-            assert type_rank(req.gpu_types, d.gpu_type) is not None
-        assert d.explanation.summary and any(v.outcome == "chosen" for v in d.explanation.considered)
-        assert sum(m for _, m in d.claim.gpu_milli_by_device) == req.gpu_count * 1000
-    # the claims, subtracted from the original snapshot, never drive a node below zero
-    before = {n.name: n for n in cluster.nodes}
-    used_cpu: dict[str, int] = {}
-    used_gpu: dict[tuple[str, int], int] = {}
-    for c in claims:
-        used_cpu[c.node_name] = used_cpu.get(c.node_name, 0) + c.cpu_millicores
-        for i, m in c.gpu_milli_by_device:
-            used_gpu[(c.node_name, i)] = used_gpu.get((c.node_name, i), 0) + m
-    for name, cpu in used_cpu.items():
-        assert cpu <= before[name].cpu_free_millicores
-    for (name, i), m in used_gpu.items():
-        assert m <= before[name].gpu_free_milli[i]
-    after = apply_claims(cluster, claims)
-    assert all(n.cpu_free_millicores >= 0 and min(n.gpu_free_milli, default=0) >= 0 for n in after.nodes)
-
-
-@settings(max_examples=120, deadline=None)
-@given(cluster=clusters(), req=requests)
-def test_every_rejected_group_names_its_reason(cluster, req):
-    try:
-        d = place_task(req, cluster)
-    except PlacementError as exc:
-        assert "gpu_count=" in str(exc)
-        return
-    for v in d.explanation.considered:
-        assert v.reason.strip(), v
-        if v.outcome == "infeasible":
-            assert "node(s):" in v.reason
 
 
 # --- type balance: equally preferred types -----------------------------------------------------
@@ -316,17 +273,451 @@ def test_type_free_share_counts_devices_and_mig_slices_on_schedulable_nodes():
     assert pct[T4] == 0.0
 
 
-@settings(max_examples=120, deadline=None)
-@given(cluster=clusters(), req=requests.filter(lambda r: r.gpu_count > 0))
-def test_chosen_type_is_never_scarcer_than_a_feasible_equally_preferred_type(cluster, req):
-    try:
-        d = place_task(req, cluster)
-    except PlacementError:
-        return
-    if not isinstance(d, Placement):
-        return
-    steps = {t: math.floor(p / DEFAULT_CONFIG.type_balance_step_pct) for t, p in type_free_pct(cluster.nodes).items()}
-    rank = type_rank(req.gpu_types, d.gpu_type)
-    for v in d.explanation.considered:
-        if v.outcome == "lost" and type_rank(req.gpu_types, v.gpu_type) == rank:
-            assert v.gpu_type is not None and steps[v.gpu_type] <= steps[d.gpu_type], v
+# --- placement rules, values derived by hand ---------------------------------------------------
+
+GPU_TAINT = Taint("nvidia.com/gpu", "present", "NoSchedule")
+
+
+def test_a_four_gpu_placement_holds_four_gpu_slots_and_four_devices():
+    s = snap(
+        node("t4-1", "t4", T4, 4, used=4),
+        node("a100-1", "a100", A100, 8, used=2, taints=(GPU_TAINT,)),
+    )
+    req = TaskRequest(task_key="retrain/r1/train", gpu_count=4, gpu_types=("T4", "A100"), cpu_millicores=8000,
+                      memory_mib=32 * 1024, priority_class="training")  # fmt: skip
+    d = place_task(req, s)
+    assert isinstance(d, Placement)
+    assert d == Placement(
+        target="kubernetes",
+        node_pool="a100",
+        node_name="a100-1",
+        gpu_type=A100,
+        node_selector={POOL_LABEL: "a100", "nvidia.com/gpu.product": A100},
+        tolerations=({"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"},),
+        resources_requests={"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "4"},
+        resources_limits={"memory": "32Gi", "nvidia.com/gpu": "4"},
+        airflow_pool="gpu_training",
+        pool_slots=4,
+        priority_class="training",
+        expected_wait_s=30.0,
+        explanation=d.explanation,
+        claim=Claim("a100-1", ((2, 1000), (3, 1000), (4, 1000), (5, 1000)), None, 8000, 32 * 1024),
+    )
+    # T4 is preferred but full; A100 is preference #2; one feasible node among the two pools
+    assert d.explanation.summary == f"kubernetes:a100/a100-1 ({A100}, preference #2); 1 feasible node(s) in 2 group(s)"
+    a100, t4 = d.explanation.considered  # sorted by target, pool
+    assert t4 == PoolVerdict("kubernetes", "t4", T4, 1, 0, "infeasible", "1/1 node(s): 0 whole GPU(s) free < 4")
+    assert (a100.outcome, a100.feasible_nodes, a100.nodes) == ("chosen", 1, 1)
+    # 6 of 8 A100 devices free before the placement: 75 %
+    assert re.fullmatch(rf"best node a100-1: fragmentation [+-]\d+ milli; {A100} 75 % free", a100.reason)
+
+
+@pytest.mark.parametrize(("gpu_count", "gpu_milli", "slots"), [(0, 0, 1), (0, 300, 1), (1, 0, 1), (2, 0, 2), (8, 0, 8)])
+def test_pool_slots_are_the_whole_gpus_held_and_at_least_one(gpu_count, gpu_milli, slots):
+    s = snap(node("a1", "a100", A100, 8), node("c1", "cpu"))
+    d = place_task(TaskRequest(gpu_count=gpu_count, gpu_milli=gpu_milli), s)
+    assert isinstance(d, Placement)
+    assert d.pool_slots == slots
+    assert d.airflow_pool == ("gpu_training" if gpu_count or gpu_milli else "default_pool")
+
+
+def test_a_cpu_only_task_is_kept_off_a_gpu_node_that_would_fit_it_better():
+    # the GPU node's 2000m would be the best fit for 1500m; its 8 busy GPUs make it a penalised choice
+    gpu = node("g1", "gpu", A100, 8, used=8, cpu_m=2000)
+    d = place_task(TaskRequest(cpu_millicores=1500, memory_mib=1536), snap(gpu, node("c1", "cpu")))
+    assert isinstance(d, Placement) and d.node_name == "c1" and d.gpu_type is None
+    assert d.node_selector == {POOL_LABEL: "cpu"}
+    assert d.resources_requests == {"cpu": "1500m", "memory": "1536Mi"}
+    assert d.resources_limits == {"memory": "1536Mi"}  # no CPU limit
+    assert (d.airflow_pool, d.pool_slots, d.tolerations) == ("default_pool", 1, ())
+    assert d.explanation.summary == "kubernetes:cpu/c1; 2 feasible node(s) in 2 group(s)"  # g1 fits, penalised
+    lost = next(v for v in d.explanation.considered if v.node_pool == "gpu")
+    assert lost == PoolVerdict(
+        "kubernetes", "gpu", A100, 1, 1, "lost", "CPU-only task kept off GPU nodes where possible"
+    )
+    # with no CPU node the GPU node takes it, as a CPU task: no GPU selector, no GPU type
+    d = place_task(TaskRequest(cpu_millicores=1500, memory_mib=1536), snap(gpu))
+    assert isinstance(d, Placement) and d.node_name == "g1" and d.gpu_type is None
+    assert d.node_selector == {POOL_LABEL: "gpu"}
+    assert d.explanation.summary == "kubernetes:gpu/g1; 1 feasible node(s) in 1 group(s)"
+    chosen = d.explanation.considered[0]
+    assert chosen.reason == "best node g1: fragmentation +0 milli; CPU-only task kept off GPU nodes where possible"
+
+
+def test_a_cpu_only_task_does_not_tolerate_the_gpu_taint():
+    gpu = node("g1", "gpu", A100, 8, taints=(GPU_TAINT,))
+    with pytest.raises(PlacementError, match="could ever hold"):
+        place_task(TaskRequest(), snap(gpu))
+    busy_cpu = node("c1", "cpu", cpu_m=500, cpu_allocatable_millicores=8000)  # too small now, not forever
+    d = place_task(TaskRequest(), snap(gpu, busy_cpu))
+    assert isinstance(d, WaitDecision)
+    assert "gpu: 1/1 node(s): untolerated taint nvidia.com/gpu" in d.reason
+
+
+@pytest.mark.parametrize("effect", ["NoSchedule", "NoExecute"])
+def test_noschedule_and_noexecute_taints_block_unless_tolerated(effect):
+    tainted = node("t1", "t", A100, 8, taints=(Taint("dedicated", "", effect),))
+    with pytest.raises(PlacementError, match="could ever hold"):
+        place_task(TaskRequest(gpu_count=1), snap(tainted))
+    d = place_task(TaskRequest(gpu_count=1), snap(tainted, node("ok", "o", A100, 8, used=8)))
+    assert isinstance(d, WaitDecision) and "t: 1/1 node(s): untolerated taint dedicated" in d.reason
+    d = place_task(TaskRequest(gpu_count=1, tolerate_taints=("dedicated",)), snap(tainted))
+    assert isinstance(d, Placement)
+    assert d.tolerations == ({"key": "dedicated", "operator": "Exists", "effect": effect},)  # no value: Exists
+
+
+def test_prefer_no_schedule_taint_does_not_block_and_is_not_tolerated():
+    soft = node("s1", "s", cpu_m=8000, taints=(Taint("nvidia.com/gpu", "present", "PreferNoSchedule"),))
+    d = place_task(TaskRequest(), snap(soft))
+    assert isinstance(d, Placement) and d.node_name == "s1" and d.tolerations == ()
+
+
+def test_cordoned_node_without_a_reason_is_reported_as_not_schedulable():
+    s = snap(node("c1", "p", A100, 8, schedulable=False), node("busy", "q", A100, 8, used=8))
+    d = place_task(TaskRequest(gpu_count=1), s)
+    assert isinstance(d, WaitDecision)
+    assert "p: 1/1 node(s): node is not schedulable" in d.reason
+
+
+def test_a_gpu_task_on_a_cpu_pool_is_told_there_is_no_gpu():
+    d = place_task(TaskRequest(gpu_count=1), snap(node("c1", "cpu"), node("a1", "a100", A100, 8, used=8)))
+    assert isinstance(d, WaitDecision)
+    assert next(v.reason for v in d.explanation.considered if v.node_pool == "cpu") == "1/1 node(s): no GPU"
+
+
+@pytest.mark.parametrize("resource", ["cpu", "memory"])
+def test_a_node_with_exactly_the_requested_cpu_or_memory_free_fits(resource):
+    n = node("n1", "p", cpu_m=2000, mem_mib=2048, cpu_allocatable_millicores=4000, memory_allocatable_mib=4096)
+    d = place_task(TaskRequest(cpu_millicores=2000, memory_mib=2048), snap(n))
+    assert isinstance(d, Placement) and d.claim == Claim("n1", (), None, 2000, 2048)
+    over = (
+        {"cpu_millicores": 2001, "memory_mib": 2048}
+        if resource == "cpu"
+        else {"cpu_millicores": 2000, "memory_mib": 2049}
+    )
+    d = place_task(TaskRequest(**over), snap(n))
+    assert isinstance(d, WaitDecision)
+    expected = "CPU 2000m free < 2001m" if resource == "cpu" else "memory 2048Mi free < 2049Mi"
+    assert d.reason == f"no acceptable capacity free now (p: 1/1 node(s): {expected})"
+
+
+@pytest.mark.parametrize("resource", ["cpu", "memory"])
+def test_a_request_equal_to_the_allocatable_can_wait_one_above_it_never_fits(resource):
+    n = node("n1", "p", cpu_m=0, mem_mib=0, cpu_allocatable_millicores=4000, memory_allocatable_mib=4096)
+    fits = {"cpu_millicores": 4000, "memory_mib": 4096}
+    assert isinstance(place_task(TaskRequest(**fits), snap(n)), WaitDecision)
+    too_big = {
+        **fits,
+        ("cpu_millicores" if resource == "cpu" else "memory_mib"): fits[
+            f"{resource}_millicores" if resource == "cpu" else "memory_mib"
+        ]
+        + 1,
+    }
+    with pytest.raises(PlacementError) as err:
+        place_task(TaskRequest(**too_big), snap(n))
+    assert str(err.value) == (
+        f"no node in test could ever hold gpu_count=0 gpu_milli=0 cpu_millicores={too_big['cpu_millicores']} "
+        f"memory_mib={too_big['memory_mib']} (allow_local=False); "
+        "lower the request, accept more GPU types, or add a node pool"
+    )
+
+
+def test_a_busy_cpu_pool_means_wait_not_never():
+    d = place_task(TaskRequest(), snap(node("c1", "cpu", cpu_m=0, cpu_allocatable_millicores=8000)))
+    assert isinstance(d, WaitDecision)
+
+
+def test_never_fits_names_the_gpu_types_when_some_were_asked_for():
+    with pytest.raises(PlacementError) as err:
+        place_task(TaskRequest(gpu_count=1, gpu_types=("A100",)), snap(node("t1", "t4", T4, 4, used=4)))
+    assert str(err.value) == (
+        "no node in test could ever hold gpu_count=1 gpu_milli=0 of type ['A100'] cpu_millicores=1000 "
+        "memory_mib=1024 (allow_local=False); lower the request, accept more GPU types, or add a node pool"
+    )
+
+
+def test_a_whole_gpu_request_waits_for_a_node_with_enough_devices_and_never_for_a_smaller_one():
+    s = snap(node("a1", "a100", A100, 4, used=4))
+    assert isinstance(place_task(TaskRequest(gpu_count=4), s), WaitDecision)
+    with pytest.raises(PlacementError):
+        place_task(TaskRequest(gpu_count=5), s)
+
+
+def test_a_fraction_can_wait_for_a_mig_slice_at_least_its_size():
+    # A30 splits in 4: a 1g slice is 250 milli; all four are allocated now
+    a30 = node("m1", "mig", "NVIDIA-A30", 0, mig_free=(), mig_allocatable=(("1g.6gb", 4),))
+    assert isinstance(place_task(TaskRequest(gpu_milli=250), snap(a30)), WaitDecision)
+    with pytest.raises(PlacementError):
+        place_task(TaskRequest(gpu_milli=251), snap(a30))
+    # a busy exclusive device can hold any fraction later
+    busy = node("b1", "busy", A100, 2, used=2)
+    assert isinstance(place_task(TaskRequest(gpu_milli=999), snap(busy)), WaitDecision)
+
+
+def test_a_fraction_on_a_mig_slice_requests_the_slice_and_holds_no_device():
+    a30 = node("m1", "mig", "NVIDIA-A30", 0, mig_free=(("1g.6gb", 1), ("2g.12gb", 1)))
+    d = place_task(TaskRequest(gpu_milli=250), snap(a30))
+    assert isinstance(d, Placement)
+    assert d.claim == Claim("m1", (), "1g.6gb", 1000, 1024)  # 250 fits the 250 slice exactly: no waste
+    assert d.resources_requests == {"cpu": "1", "memory": "1Gi", "nvidia.com/mig-1g.6gb": "1"}
+    assert (d.airflow_pool, d.pool_slots) == ("gpu_training", 1)
+
+
+def test_whole_gpus_on_a_milli_node_are_requested_in_milli():
+    n = NodeCapacity(
+        name="m1", node_pool="share", cpu_free_millicores=32_000, memory_free_mib=128_000,
+        gpu_type=T4, gpu_sharing="milli", gpu_resource="alibabacloud.com/gpu-milli",
+        gpu_free_milli=(1000, 300, 1000, 600),
+    )  # fmt: skip
+    d = place_task(TaskRequest(gpu_count=2), snap(n))
+    assert isinstance(d, Placement)
+    assert d.claim.gpu_milli_by_device == ((0, 1000), (2, 1000))
+    assert d.resources_requests["alibabacloud.com/gpu-milli"] == "2000"
+    assert d.resources_limits["alibabacloud.com/gpu-milli"] == "2000"
+    assert d.node_selector == {"nvidia.com/gpu.product": T4}  # no pool label known on this node
+
+
+def test_a_fraction_on_a_time_sliced_gpu_wastes_nothing_and_is_not_penalised():
+    shared = node("s1", "shared", A10G_SHARED, 2, gpu_sharing="time-sliced")
+    d = place_task(TaskRequest(gpu_milli=300, gpu_types=("A10G-SHARED",)), snap(shared))
+    assert isinstance(d, Placement)
+    assert d.claim.gpu_milli_by_device == ((0, 1000),)
+    assert d.explanation.considered[0].reason.startswith("best node s1: fragmentation")
+    assert "wastes" not in d.explanation.considered[0].reason
+
+
+@pytest.mark.parametrize(("target", "wait_s"), [("kubernetes", 30.0), ("docker", 5.0), ("local", 0.0)])
+def test_expected_wait_is_the_targets_bind_delay_and_only_kubernetes_gets_a_selector(target, wait_s):
+    n = node("h1", "p", A100, 1, target=target)
+    d = place_task(TaskRequest(gpu_count=1, allow_local=True), snap(n))
+    assert isinstance(d, Placement) and d.expected_wait_s == wait_s
+    if target == "kubernetes":
+        assert d.node_selector == {POOL_LABEL: "p", "nvidia.com/gpu.product": A100}
+    else:
+        assert d.node_selector == {}
+    assert d.airflow_pool == ("local_compute" if target == "local" else "gpu_training") and d.pool_slots == 1
+
+
+def test_unknown_target_waits_as_long_as_kubernetes():
+    assert DEFAULT_CONFIG.bind_delay("nomad") == 30.0
+    assert DEFAULT_CONFIG.bind_delay("docker") == 5.0
+    assert RouterConfig(bind_delay_s=(("docker", 7.5),)).bind_delay("docker") == 7.5
+
+
+def test_local_placement_holds_one_local_slot():
+    local = NodeCapacity(name="this-host", node_pool="local", target="local", cpu_free_millicores=8000,
+                         memory_free_mib=16_000)  # fmt: skip
+    d = place_task(TaskRequest(cpu_millicores=2000, memory_mib=2048, allow_local=True), snap(local))
+    assert isinstance(d, Placement)
+    assert (d.target, d.airflow_pool, d.pool_slots, d.node_selector) == ("local", "local_compute", 1, {})
+    d = place_task(
+        TaskRequest(allow_local=False), snap(local, node("c1", "cpu", cpu_m=0, cpu_allocatable_millicores=8000))
+    )
+    assert isinstance(d, WaitDecision)
+    assert (
+        PoolVerdict("local", "local", None, 1, 0, "not considered", "allow_local is false") in d.explanation.considered
+    )
+
+
+def test_identical_nodes_go_by_name_and_the_claim_names_the_chosen_node():
+    d = place_task(TaskRequest(gpu_count=1), snap(node("n2", "p", A100, 8), node("n1", "p", A100, 8)))
+    assert isinstance(d, Placement) and d.node_name == "n1" and d.claim.node_name == "n1"
+    d = place_task(TaskRequest(gpu_count=1), snap(node("n2", "p", A100, 8), node("n1", "q", A100, 8)))
+    assert isinstance(d, Placement) and d.node_name == "n1" and d.node_pool == "q"
+
+
+def test_the_chosen_pool_names_its_other_infeasible_nodes():
+    s = snap(node("ok", "p", A100, 8), node("off", "p", A100, 8, schedulable=False, unschedulable_reason="cordoned"))
+    d = place_task(TaskRequest(gpu_count=1), s)
+    assert isinstance(d, Placement)
+    (v,) = d.explanation.considered
+    assert (v.nodes, v.feasible_nodes) == (2, 1) and v.reason.endswith("; 1 other node(s): cordoned")
+
+
+# --- which candidate loses, and why: a workload made of 8-GPU tasks only keeps FGD hand-computable
+
+EIGHT_GPU_WORKLOAD = dataclasses.replace(DEFAULT_CONFIG, workload=(TaskShape(1.0, 8, 0, 1000, 1024),))
+HALF_GPU_WORKLOAD = dataclasses.replace(DEFAULT_CONFIG, workload=(TaskShape(1.0, 0, 500, 1000, 1024),))
+
+
+def test_fgd_keeps_the_whole_node_for_eight_gpu_jobs_and_says_so():
+    # empty: 8 whole GPUs can hold an 8-GPU job, nothing unusable; after one taken, all 7000 are unusable
+    # busy: 3 free GPUs are unusable (3000); after one taken, 2000: the delta is -1000
+    s = snap(node("empty", "a", A100, 8), node("busy", "b", A100, 8, used=5))
+    d = place_task(TaskRequest(gpu_count=1), s, config=EIGHT_GPU_WORKLOAD)
+    assert isinstance(d, Placement) and d.node_name == "busy"
+    lost, chosen = d.explanation.considered
+    assert lost.reason == "fragmentation +7000 milli on empty vs -1000 on busy (keeps room for larger jobs)"
+    # 11 of 16 A100 devices free: 68.75 %
+    assert chosen.reason == f"best node busy: fragmentation -1000 milli; {A100} 69 % free"
+
+
+def test_fgd_keeps_half_gpu_room_on_milli_nodes():
+    # a 300 milli task: on x it best-fits device 1 (600 -> 300, now too small for a 500 task: +300);
+    # on y it takes 300 of a whole device (1000 -> 700, still room for 500: +0)
+    def milli(name, pool, free):
+        return NodeCapacity(name=name, node_pool=pool, cpu_free_millicores=8000, memory_free_mib=8192,
+                            gpu_type=T4, gpu_sharing="milli", gpu_free_milli=free)  # fmt: skip
+
+    d = place_task(TaskRequest(gpu_milli=300), snap(milli("x", "px", (1000, 600)), milli("y", "py", (1000, 1000))),
+                   config=HALF_GPU_WORKLOAD)  # fmt: skip
+    assert isinstance(d, Placement) and d.node_name == "y" and d.claim.gpu_milli_by_device == ((0, 300),)
+    lost = next(v for v in d.explanation.considered if v.node_pool == "px")
+    assert lost.reason == "fragmentation +300 milli on x vs +0 on y (keeps room for larger jobs)"
+
+
+def test_fgd_counts_a_node_whose_cpu_cannot_host_the_workload_as_all_unusable():
+    # after the placement a has 500m CPU left, below the workload's 1000m: its 7000 free milli turn unusable
+    # (+7000 after 0); b keeps 64 cores: -1000 as in the 8-GPU case above, but a is the emptier node
+    s = snap(node("a", "pa", A100, 8, cpu_m=1500), node("b", "pb", A100, 8, used=5))
+    d = place_task(TaskRequest(gpu_count=1, cpu_millicores=1000), s, config=EIGHT_GPU_WORKLOAD)
+    assert isinstance(d, Placement) and d.node_name == "b"
+
+
+def test_the_slice_that_wastes_less_wins_and_the_other_is_told_the_waste():
+    s = snap(
+        node("big", "m1", A100, 0, mig_free=(("3g.40gb", 1),)), node("small", "m2", A100, 0, mig_free=(("1g.10gb", 1),))
+    )
+    d = place_task(TaskRequest(gpu_milli=120), s)
+    assert isinstance(d, Placement) and d.node_name == "small" and d.claim.mig_profile == "1g.10gb"
+    lost = next(v for v in d.explanation.considered if v.node_pool == "m1")
+    assert lost.reason == "MIG slice wastes 308 milli vs 22"  # 3/7 of 1000 = 428, 1/7 = 142
+
+
+def test_among_equal_cpu_nodes_the_tighter_fit_wins():
+    d = place_task(
+        TaskRequest(cpu_millicores=2000), snap(node("roomy", "a", cpu_m=8000), node("tight", "b", cpu_m=4000))
+    )
+    assert isinstance(d, Placement) and d.node_name == "tight"
+    lost = next(v for v in d.explanation.considered if v.node_pool == "a")
+    assert lost.reason == "leaves 0 GPU milli free vs 0 on tight (best fit)"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def test_type_rank_skips_a_time_sliced_name_and_keeps_looking():
+    assert type_rank(["A10G-SHARED", "A100"], A100) == 1
+    assert type_rank(["A100-SXM4"], A100) == 0  # a multi-token name
+    assert type_rank(["SXM4-A100"], A100) is None  # tokens in order only
+    assert type_rank(["80GB"], A100) == 0  # the last token
+    assert type_rank([], None) is None
+
+
+def test_base_product_strips_the_shared_suffix_in_any_case():
+    assert base_product("NVIDIA-A10G-SHARED") == "NVIDIA-A10G"
+    assert base_product("nvidia-a10g-shared") == "nvidia-a10g"
+    assert base_product(A100) == A100
+
+
+@pytest.mark.parametrize(
+    ("profile", "gpu_type", "milli"),
+    [
+        ("1g.6gb", "NVIDIA-A30", 250),
+        ("2g.12gb", "nvidia-a30-24gb", 500),
+        ("1g.10gb", A100, 142),
+        ("3g.40gb", A100, 428),
+        ("7g.80gb", A100, 1000),
+        ("1g.10gb", None, 142),
+        ("9g.x", A100, 1000),  # never more than a device
+        ("whole", A100, 1000),  # not a MIG profile: a whole device
+    ],
+)
+def test_mig_slice_share_of_a_device(profile, gpu_type, milli):
+    assert mig_fraction_milli(profile, gpu_type) == milli
+
+
+def test_type_free_share_counts_slices_free_of_allocatable_and_empty_types():
+    nodes = [
+        # A30: 2 of 4 slices free, plus one whole free device of two: (500 + 1000) / (1000 + 2000)
+        node("a30", "p", "NVIDIA-A30", 2, used=1, mig_free=(("1g.6gb", 2),), mig_allocatable=(("1g.6gb", 4),)),
+        # mig_free without mig_allocatable: the free slices are the capacity too (3 x 142)
+        node("a100", "q", A100, 0, mig_free=(("1g.10gb", 3),)),
+        node("t4", "r", T4, 0),  # a type with no capacity at all
+    ]
+    assert type_free_pct(nodes) == {"NVIDIA-A30": 50.0, A100: 100.0, T4: 0.0}
+
+
+def test_apply_claims_subtracts_what_reservations_hold_and_never_goes_below_zero():
+    s = snap(
+        node("a", "p", A100, 2, cpu_m=4000, mem_mib=4096, mig_free=(("1g.10gb", 1),)),
+        node("b", "p", cpu_m=1000, mem_mib=1024),
+    )
+    assert apply_claims(s, []) is s
+    after = apply_claims(
+        s,
+        [
+            Claim("a", ((0, 1000), (1, 300), (9, 1000)), "1g.10gb", 1000, 1024),  # device 9 does not exist
+            Claim("a", ((1, 800),), "1g.10gb", 5000, 5000),
+            Claim("gone", ((0, 1000),), None, 1, 1),  # a node no longer in the snapshot
+        ],
+    )
+    a, b = after.nodes
+    assert a.gpu_free_milli == (0, 0) and a.mig_free == (("1g.10gb", 0),)
+    assert (a.cpu_free_millicores, a.memory_free_mib) == (0, 0)
+    assert b == s.nodes[1]
+    assert after.source == "test"
+
+
+def test_a_whole_gpu_task_is_told_time_sliced_gpus_give_no_exclusive_device():
+    s = snap(node("s1", "shared", A10G_SHARED, 4, gpu_sharing="time-sliced"), node("a1", "a100", A100, 8, used=8))
+    d = place_task(TaskRequest(gpu_count=1), s)
+    assert isinstance(d, WaitDecision)
+    assert "shared: 1/1 node(s): time-sliced GPUs give no exclusive device" in d.reason
+
+
+def _milli_node(name, pool, free, **kw):
+    return NodeCapacity(name=name, node_pool=pool, cpu_free_millicores=8000, memory_free_mib=8192, gpu_type=A100,
+                        gpu_sharing="milli", gpu_free_milli=free, **kw)  # fmt: skip
+
+
+def test_a_fraction_takes_a_device_with_exactly_that_much_free_without_penalty():
+    d = place_task(TaskRequest(gpu_milli=500), snap(_milli_node("m1", "p", (1000, 500))))
+    assert isinstance(d, Placement) and d.claim.gpu_milli_by_device == ((1, 500),)
+    assert re.fullmatch(
+        rf"best node m1: fragmentation [+-]\d+ milli; {A100} 75 % free", d.explanation.considered[0].reason
+    )
+
+
+def test_an_exhausted_mig_profile_is_not_offered():
+    mig = node("m1", "mig", A100, 0, mig_free=(("1g.10gb", 0),), mig_allocatable=(("1g.10gb", 7),))
+    d = place_task(TaskRequest(gpu_milli=120), snap(mig))
+    assert isinstance(d, WaitDecision) and "1/1 node(s): no device with 120 milli free" in d.reason
+
+
+def test_on_one_node_the_slice_wasting_less_beats_a_whole_exclusive_device():
+    mixed = node("x1", "p", A100, 1, mig_free=(("1g.10gb", 1),))
+    d = place_task(TaskRequest(gpu_milli=120), snap(mixed))
+    assert isinstance(d, Placement) and d.claim == Claim("x1", (), "1g.10gb", 1000, 1024)
+
+
+def test_on_an_equal_waste_tie_a_shared_device_beats_a_mig_slice():
+    # 1g.10gb is 142 milli: a 142 fraction wastes nothing on the slice, nor on the milli-shared device
+    mixed = _milli_node("x1", "p", (1000,), mig_free=(("1g.10gb", 1),))
+    d = place_task(TaskRequest(gpu_milli=142), snap(mixed))
+    assert isinstance(d, Placement) and d.claim == Claim("x1", ((0, 142),), None, 1000, 1024)
+
+
+ONE_GPU_WORKLOAD = dataclasses.replace(DEFAULT_CONFIG, workload=(TaskShape(1.0, 1, 0, 1000, 1024),))
+
+
+@pytest.mark.parametrize("short", ["cpu", "memory"])
+def test_fgd_sees_the_cpu_and_memory_a_placement_leaves(short):
+    # 1-GPU workload needing 1000m and 1Gi. On x the task leaves 500m (or 512Mi): x's last free GPU
+    # becomes unusable (+1000); on y it stays usable (+0). Without that, x would win the best fit on
+    # CPU or, on a tie, on its name.
+    lean = {"cpu_m": 1500} if short == "cpu" else {"mem_mib": 1536}
+    s = snap(node("x", "px", A100, 2, **lean), node("y", "py", A100, 2))
+    d = place_task(TaskRequest(gpu_count=1, cpu_millicores=1000, memory_mib=1024), s, config=ONE_GPU_WORKLOAD)
+    assert isinstance(d, Placement) and d.node_name == "y"
+    lost = next(v for v in d.explanation.considered if v.node_pool == "px")
+    assert lost.reason == "fragmentation +1000 milli on x vs +0 on y (keeps room for larger jobs)"
+
+
+def test_a_type_balance_step_below_one_percent_still_balances():
+    s = snap(
+        node("t4-1", "t4", T4, 2, used=1), node("t4-2", "t4", T4, 2, used=2),  # 25 % free, a perfect fit
+        node("a100-1", "a100", A100, 8, used=4),  # 50 % free
+    )  # fmt: skip
+    d = place_task(TaskRequest(gpu_count=1), s, config=dataclasses.replace(DEFAULT_CONFIG, type_balance_step_pct=0.5))
+    assert isinstance(d, Placement) and d.node_pool == "a100"
