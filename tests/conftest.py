@@ -65,6 +65,14 @@ def wait_http(url: str, timeout_s: float) -> None:
 
 
 @pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """A Docker engine answers (once per session): skips without one, fails under CI=true (tests/services.py)."""
+    from tests.services import require_docker_engine
+
+    return require_docker_engine()
+
+
+@pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated SQLite metadata DB in the throwaway AIRFLOW_HOME."""
     marker = _AIRFLOW_HOME / ".migrated"

@@ -224,12 +224,10 @@ def test_on_the_docker_source_training_runs_in_a_container_in_the_cpu_launch(dep
     engine; `route` branches to train.cpu (default_pool x1), which runs a DockerOperator container."""
     import docker
 
-    from include.mlops.build import engine_available
     from tests.docker_trainer import dev_trainer_image, interpreter_mounts
+    from tests.services import require_docker_engine
 
-    up, why = engine_available()
-    if not up:
-        pytest.skip(f"{why}; CI runs docker/start_engine.sh first")
+    require_docker_engine()  # skips without an engine; fails under CI=true
     batch = deployment.write_batch("2026-12-14", n_rows=6_000, seed=17)
     with dev_trainer_image() as image:
         env = {

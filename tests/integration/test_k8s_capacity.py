@@ -10,14 +10,12 @@ import asyncio
 import threading
 from collections.abc import Iterator
 
+import kmock  # dev requirement: imported, never skipped when missing
 import pytest
 
 from include.mlops.routing.model import Placement, TaskRequest
 from include.mlops.routing.placement import place_task
 from include.mlops.routing.providers.kubernetes import KubernetesCapacityProvider
-
-kmock = pytest.importorskip("kmock")
-kubernetes = pytest.importorskip("kubernetes")
 
 
 @pytest.fixture()

@@ -256,7 +256,6 @@ def test_router_api_refuses_other_methods_and_non_finite_or_split_fields_and_dry
 def test_with_the_fab_auth_manager_only_granted_roles_see_the_router(tmp_path: Path) -> None:
     """FAB decides custom views from role permissions: a stock Viewer is refused until an admin
     grants the router (include.mlops.routing.fab_roles); a read-only grant allows no dry run."""
-    pytest.importorskip("airflow.providers.fab")
     from tests.api_server import fab_api_server
 
     (tmp_path / "inventory.yaml").write_text(INVENTORY)

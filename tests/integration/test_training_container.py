@@ -4,8 +4,8 @@ The image under test is a thin one on the offline base image whose entrypoint is
 module, with the training venv and the working tree bind-mounted read-only through the
 ``mlops_training_docker_mounts`` setting (the development mode that launcher documents): the same
 entrypoint and config as the full training image, without baking a 1.4 GB torch venv in CI.
-Needs docker/start_engine.sh and docker/bootstrap_base.sh (CI runs both); skips only when no
-engine answers.
+Needs docker/start_engine.sh and docker/bootstrap_base.sh (CI runs both); a test that uses the
+engine skips only when no engine answers, and fails instead under CI=true.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 
-from include.mlops.build import engine_available
 from include.mlops.errors import PlacementError, SettingsError, TrainingFailed
 from include.mlops.training.config import TrainConfig
 from include.mlops.training.container import (
@@ -40,16 +39,14 @@ from include.mlops.training.runner import repo_root
 from tests.docker_trainer import dev_trainer_image, interpreter_mounts
 from tests.training_fixtures import fast_config, small_data_root
 
-ENGINE_UP, ENGINE_REASON = engine_available()
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not ENGINE_UP, reason=f"{ENGINE_REASON}; CI runs docker/start_engine.sh first"),
-]
+pytestmark = pytest.mark.slow
 LABEL = "io.mlops.test"
 
 
 @pytest.fixture(scope="module")
-def trainer_image() -> Iterator[str]:
+def trainer_image(docker_engine: str) -> Iterator[str]:
+    """Every test that touches the engine takes this image, so only those need the engine: without
+    one they skip, and under CI=true fail (the docker_engine fixture); the pure tests always run."""
     with dev_trainer_image() as tag:
         yield tag
 

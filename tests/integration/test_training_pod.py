@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import kubernetes_validate
 import pytest
 
 from include.mlops.errors import TrainingFailed
@@ -23,10 +24,6 @@ from include.mlops.training.config import TrainConfig
 from include.mlops.training.pod import TrainingPodSettings, run_training_pod
 from tests.k8s_standin import NAMESPACE, kubernetes_standin, live_pods, restricted_profile_violations
 from tests.training_fixtures import FAST, fast_config, small_data_root
-
-kmock = pytest.importorskip("kmock")
-pytest.importorskip("kubernetes")
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 pytestmark = pytest.mark.slow
 
