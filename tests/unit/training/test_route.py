@@ -36,12 +36,27 @@ def test_a_local_placement_goes_to_the_local_launch_and_is_reserved(router: Reso
     assert [r.task_key for r in router.book.active()] == [training_task_key(IDENT)]
 
 
-def test_no_free_cpu_means_wait_with_the_routers_recheck_time(router: ResourceRouter) -> None:
+# recheck = a quarter of the wait left, at least 15 s and at most 120 s (RouterConfig.recheck_min_s/max_s)
+@pytest.mark.parametrize(
+    ("max_wait_s", "waited_s", "recheck_s"),
+    [
+        (120, 0, 30),  # 120 / 4
+        (130, 10, 30),  # (130 - 10) / 4: the wait already spent counts
+        (40, 0, 15),  # 10 is under the 15 s floor
+        (1000, 0, 120),  # 250 is over the 120 s cap
+        (122, 0, 31),  # 30.5 rounds up, never down to a busier recheck
+    ],
+)
+def test_no_free_cpu_means_wait_with_the_routers_recheck_time(
+    router: ResourceRouter, max_wait_s: int, waited_s: int, recheck_s: int
+) -> None:
     _hold_every_cpu(router)
     with pytest.raises(CapacityWait) as wait:
-        route_training(IDENT, {"gpu_count": 0, "gpu_types": [], "max_wait_s": 120}, router=router)
+        route_training(
+            IDENT, {"gpu_count": 0, "gpu_types": [], "max_wait_s": max_wait_s}, waited_s=waited_s, router=router
+        )
     assert "CPU" in wait.value.reason
-    assert 15 <= wait.value.recheck_after_s <= 120
+    assert wait.value.recheck_after_s == recheck_s
     assert [r.task_key for r in router.book.active()] == ["someone/else"]  # a wait reserves nothing
 
 
