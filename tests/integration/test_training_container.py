@@ -188,6 +188,28 @@ def test_a_gpu_placement_asks_the_engine_for_exactly_the_claimed_devices(trainer
     assert not request.get("Count")  # not "any N GPUs"
 
 
+def test_the_engine_holds_the_container_to_the_placements_share_and_no_network(
+    trainer_image: str, data_root: Path
+) -> None:
+    """Read back from the engine's HostConfig, not from the launcher's own log line: 1.5 CPUs is a
+    CPU share of 1.5 x 1024 (a weight, not a cap), 3Gi is a hard memory limit of 3 x 2^30 bytes."""
+    spec = container_spec(
+        "/nowhere/train_config.json",
+        _placement(cpu="1500m", memory="3Gi"),
+        _settings(trainer_image, data_root),
+        run_name="manual__limits",
+    )
+    cli = docker_client(None)
+    cid = create_container(cli, spec)
+    try:
+        host = cli.inspect_container(cid)["HostConfig"]
+    finally:
+        cli.remove_container(cid, force=True)
+    assert host["CpuShares"] == 1536 and host["Memory"] == 3 * 2**30
+    assert host["NetworkMode"] == "none"
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+
+
 def test_the_training_container_drops_every_capability_and_cannot_gain_privileges(
     trainer_image: str, data_root: Path
 ) -> None:
