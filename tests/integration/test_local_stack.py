@@ -120,9 +120,9 @@ def test_make_ui_starts_from_a_fresh_shell_on_loopback_and_down_leaves_no_proces
         assert _listening(ui_port) == {"0100007F"}, _listening(ui_port)
         assert _listening(mlflow_port) == {"0100007F"}, _listening(mlflow_port)
 
-        # a second `up` reuses this checkout's own MLflow server instead of refusing or starting another
+        # a second `mlflow` reuses this checkout's own MLflow server instead of refusing or starting another
         mlflow_pid = (tmp_path / "local/mlflow/server.pid").read_text()
-        again = _stack(env, "up", timeout_s=60)
+        again = _stack(env, "mlflow", timeout_s=60)
         assert again.returncode == 0, again.stderr
         assert (tmp_path / "local/mlflow/server.pid").read_text() == mlflow_pid
     finally:
@@ -156,7 +156,7 @@ def test_a_failed_start_stops_every_process_it_started(tmp_path: Path) -> None:
 
 def test_start_mlflow_refuses_a_port_answered_by_another_checkouts_server(tmp_path: Path) -> None:
     """Something else answers /health on the configured port (another checkout's MLflow would):
-    `stack up` refuses, naming the port and what owns it, instead of logging runs into it."""
+    `stack mlflow` refuses, naming the port and what owns it, instead of logging runs into it."""
     port = free_port()
     other = tmp_path / "other-checkout"
     other.mkdir()
@@ -171,7 +171,7 @@ def test_start_mlflow_refuses_a_port_answered_by_another_checkouts_server(tmp_pa
             assert time.monotonic() < deadline, "http.server did not start"
             time.sleep(0.1)
         env = _fresh_shell_env(tmp_path, mlflow_port=port, ui_port=free_port())
-        refused = _stack(env, "up", timeout_s=60)
+        refused = _stack(env, "mlflow", timeout_s=60)
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert f"port {port}" in refused.stderr and f"pid {server.pid}" in refused.stderr, refused.stderr
         assert "http.server" in refused.stderr and "not this checkout's MLflow" in refused.stderr
