@@ -192,6 +192,9 @@ def test_wait_reason_lists_every_infeasible_pool():
         "no acceptable capacity free now (a100: 1/1 node(s): 0 whole GPU(s) free < 1; "
         "t4: 1/1 node(s): 0 whole GPU(s) free < 1)"
     )
+    assert d.waited_s == 0.0 and not d.max_wait_exceeded
+    # without waited_s nothing has been waited yet: one second of max_wait_s is still left
+    assert not place_task(TaskRequest(gpu_count=1, max_wait_s=1), s).max_wait_exceeded
 
 
 @pytest.mark.parametrize(
@@ -307,7 +310,7 @@ def test_a_four_gpu_placement_holds_four_gpu_slots_and_four_devices():
     assert d.explanation.summary == f"kubernetes:a100/a100-1 ({A100}, preference #2); 1 feasible node(s) in 2 group(s)"
     a100, t4 = d.explanation.considered  # sorted by target, pool
     assert t4 == PoolVerdict("kubernetes", "t4", T4, 1, 0, "infeasible", "1/1 node(s): 0 whole GPU(s) free < 4")
-    assert (a100.outcome, a100.feasible_nodes, a100.nodes) == ("chosen", 1, 1)
+    assert a100 == PoolVerdict("kubernetes", "a100", A100, 1, 1, "chosen", a100.reason)
     # 6 of 8 A100 devices free before the placement: 75 %
     assert re.fullmatch(rf"best node a100-1: fragmentation [+-]\d+ milli; {A100} 75 % free", a100.reason)
 
@@ -647,7 +650,7 @@ def test_apply_claims_subtracts_what_reservations_hold_and_never_goes_below_zero
     after = apply_claims(
         s,
         [
-            Claim("a", ((0, 1000), (1, 300), (9, 1000)), "1g.10gb", 1000, 1024),  # device 9 does not exist
+            Claim("a", ((0, 1000), (1, 300), (2, 1000)), "1g.10gb", 1000, 1024),  # device 2 does not exist
             Claim("a", ((1, 800),), "1g.10gb", 5000, 5000),
             Claim("gone", ((0, 1000),), None, 1, 1),  # a node no longer in the snapshot
         ],
@@ -657,6 +660,10 @@ def test_apply_claims_subtracts_what_reservations_hold_and_never_goes_below_zero
     assert (a.cpu_free_millicores, a.memory_free_mib) == (0, 0)
     assert b == s.nodes[1]
     assert after.source == "test"
+    # one claim takes one slice; a claim on a profile the node no longer lists leaves it at 0
+    three = snap(node("m", "p", A100, 0, mig_free=(("1g.10gb", 3),)))
+    after = apply_claims(three, [Claim("m", (), "1g.10gb", 1, 1), Claim("m", (), "2g.20gb", 1, 1)])
+    assert after.nodes[0].mig_free == (("1g.10gb", 2), ("2g.20gb", 0))
 
 
 def test_a_whole_gpu_task_is_told_time_sliced_gpus_give_no_exclusive_device():
@@ -721,3 +728,66 @@ def test_a_type_balance_step_below_one_percent_still_balances():
     )  # fmt: skip
     d = place_task(TaskRequest(gpu_count=1), s, config=dataclasses.replace(DEFAULT_CONFIG, type_balance_step_pct=0.5))
     assert isinstance(d, Placement) and d.node_pool == "a100"
+
+
+def test_local_groups_are_skipped_by_target_not_by_pool_name_and_all_are_listed():
+    def local(name, pool):
+        return NodeCapacity(name=name, node_pool=pool, target="local", cpu_free_millicores=8000,
+                            memory_free_mib=16_000, gpu_type=T4, gpu_free_milli=(1000,))  # fmt: skip
+
+    s = snap(local("h1", "workstation"), local("h2", "laptop"), node("k1", "local", cpu_m=4000))
+    d = place_task(TaskRequest(cpu_millicores=2000), s)
+    assert isinstance(d, Placement) and d.target == "kubernetes" and d.node_pool == "local"
+    assert d.explanation.considered[1:] == (
+        PoolVerdict("local", "laptop", T4, 1, 0, "not considered", "allow_local is false"),
+        PoolVerdict("local", "workstation", T4, 1, 0, "not considered", "allow_local is false"),
+    )
+    with pytest.raises(PlacementError):
+        place_task(TaskRequest(cpu_millicores=2000), snap(local("h1", "workstation")))
+
+
+def test_verdicts_are_sorted_by_target_pool_and_type_with_cpu_nodes_first():
+    s = snap(
+        node("g1", "mixed", A100, 8, used=8, cpu_m=0, cpu_allocatable_millicores=8000),
+        node("c1", "mixed", cpu_m=500, cpu_allocatable_millicores=8000),
+        NodeCapacity(name="d1", node_pool="a", target="docker", cpu_free_millicores=0, memory_free_mib=0,
+                     cpu_allocatable_millicores=8000, memory_allocatable_mib=8000),
+    )  # fmt: skip
+    d = place_task(TaskRequest(cpu_millicores=1000), s)
+    assert isinstance(d, WaitDecision)
+    assert [(v.target, v.node_pool, v.gpu_type) for v in d.explanation.considered] == [
+        ("docker", "a", None),
+        ("kubernetes", "mixed", None),
+        ("kubernetes", "mixed", A100),
+    ]
+
+
+def test_an_infeasible_pool_counts_each_reason_and_names_the_three_commonest():
+    s = snap(
+        node("busy1", "p", A100, 8, used=8),
+        node("busy2", "p", A100, 8, used=8),
+        node("off", "p", A100, 8, schedulable=False, unschedulable_reason="node is cordoned"),
+        node("taint", "p", A100, 8, taints=(Taint("dedicated", "x"),)),
+        node("cpu", "p", A100, 8, cpu_m=10),
+    )
+    d = place_task(TaskRequest(gpu_count=1), s)
+    assert isinstance(d, WaitDecision)
+    assert d.explanation.considered[0].reason == (
+        "2/5 node(s): 0 whole GPU(s) free < 1; 1/5 node(s): node is cordoned; 1/5 node(s): untolerated taint dedicated"
+    )
+
+
+def test_the_chosen_pool_counts_its_feasible_nodes_and_names_two_other_reasons():
+    s = snap(
+        node("ok1", "p", A100, 8, used=4),
+        node("ok2", "p", A100, 8, used=4),
+        node("busy", "p", A100, 8, used=8),
+        node("off", "p", A100, 8, schedulable=False, unschedulable_reason="node is cordoned"),
+        node("taint", "p", A100, 8, taints=(Taint("dedicated", "x"),)),
+    )
+    d = place_task(TaskRequest(gpu_count=1), s)
+    assert isinstance(d, Placement) and d.node_name == "ok1"
+    assert d.explanation.summary.endswith("; 2 feasible node(s) in 1 group(s)")
+    (v,) = d.explanation.considered
+    assert (v.nodes, v.feasible_nodes) == (5, 2)
+    assert v.reason.endswith("% free; 1 other node(s): 0 whole GPU(s) free < 1; 1 other node(s): node is cordoned")
