@@ -10,8 +10,9 @@ DOC = """
 
 Puts the **previous champion** (recorded by each promotion) or a version you name back into
 service: it starts beside the current stable, takes 100 % of traffic once ready, the current
-stable drains and stops, and the `champion` alias moves back. A running canary is removed first.
-Takes seconds on the local target.
+stable drains and stops, and the `champion` alias moves back. A running canary is removed first,
+whichever release started it (the operator's override; the removal records that release).
+Takes seconds on the local target, and never waits behind a release: it uses no pool a release holds.
 """
 
 
@@ -23,8 +24,11 @@ Takes seconds on the local target.
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=pendulum.duration(minutes=30),
     tags=["mlops", "release"],
-    default_args={"owner": "mlops", "retries": 1, "pool": "releases"},
+    # No pool a release uses: a rollback must never queue behind a release (one waiting for
+    # approval holds its slot for hours). Serving changes are serialised by the target's lock.
+    default_args={"owner": "mlops", "retries": 1, "execution_timeout": pendulum.duration(minutes=10)},
     params={
         "model_name": Param("fraud-detector", type="string", minLength=1, description="Registered model name"),
         "version": Param(None, type=["null", "string"], description="Version to restore; empty: the previous champion"),
@@ -32,11 +36,14 @@ Takes seconds on the local target.
 )
 def rollback() -> None:
     @task
-    def rollback_to_champion(params: dict) -> dict:
+    def rollback_to_champion(params: dict, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
         from include.mlops import releasing
         from include.mlops.settings.project import ProjectSettings
 
-        return releasing.rollback_to_version(ProjectSettings.from_airflow(), params["model_name"], params["version"])
+        run = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id} if dag_run else None
+        return releasing.rollback_to_version(
+            ProjectSettings.from_airflow(), params["model_name"], params["version"], run=run
+        )
 
     rollback_to_champion()
 

@@ -41,6 +41,14 @@ class DeployError(MlopsError):
     """A serving target could not reach the requested state."""
 
 
+class BackendNotReady(DeployError):
+    """A model server was started but never became ready: the model version's own fault."""
+
+
+class ServingBusy(DeployError):
+    """Another release owns the serving target's canary; this one may not touch it."""
+
+
 class BuildError(MlopsError):
     """A serving image could not be built or pushed."""
 

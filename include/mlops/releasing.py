@@ -10,19 +10,40 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from include.mlops.errors import CanaryFailed, DeployError, InvalidReleaseParams
+from include.mlops.errors import BackendNotReady, CanaryFailed, DeployError, InvalidReleaseParams, ServingBusy
 from include.mlops.settings.project import ProjectSettings
 
 Log = Callable[[str], None]
 REJECTED_TAG = "release.status"
+# serving-state record of a promotion whose alias move is not done yet (see promote)
+PENDING_ALIAS = "pending_alias"
+
+# Upper bounds of the form (the DAG's Param schema uses the same numbers): a typo such as
+# interval_s=20000 must be refused, not hold the serving target for days.
+PARAM_MAXIMA: dict[str, float] = {
+    "interval_s": 600,
+    "ready_timeout_s": 600,
+    "load_rps": 1000,
+    "min_requests": 100_000,
+    "max_extensions": 10,
+    "failure_limit": 100,
+    "max_p99_latency_ratio": 100,
+}
+MAX_STEPS = 20
+# The analysis lasts at most steps x (1 + max_extensions) x interval_s; that product is bounded too,
+# so the analyse task's execution_timeout (a fixed number: it cannot be templated from params)
+# is at most a margin above the longest analysis any valid form asks for.
+MAX_ANALYSIS_S = 2 * 3600
 
 
 @dataclass(frozen=True)
@@ -44,6 +65,8 @@ class ReleaseParams:
     require_approval: bool = False
     allow_gate_rejected: bool = False
     dry_run: bool = False
+    # the serving state (state.json) was lost on purpose: serve this version as a first release
+    reset_serving_state: bool = False
 
     def __post_init__(self) -> None:
         def bad(param: str, rule: str) -> InvalidReleaseParams:
@@ -62,6 +85,8 @@ class ReleaseParams:
             raise bad("steps_pct", "weights must be strictly increasing")
         if steps[-1] != 100:
             raise bad("steps_pct", "the last step must be 100 (the canary takes all traffic when promoted)")
+        if len(steps) > MAX_STEPS:
+            raise bad("steps_pct", f"at most {MAX_STEPS} steps")
         for name, low in (("interval_s", 0.0), ("ready_timeout_s", 0.0), ("load_rps", 0.0)):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= low:
@@ -77,6 +102,16 @@ class ReleaseParams:
             raise bad("max_p99_latency_ratio", "must be >= 1 (canary may be at most this many times slower)")
         if not 0 < self.max_prediction_drift <= 1:
             raise bad("max_prediction_drift", "must be in (0, 1] (Kolmogorov-Smirnov statistic)")
+        for name, maximum in PARAM_MAXIMA.items():
+            if getattr(self, name) > maximum:
+                raise bad(name, f"must be <= {maximum:g} (the maximum)")
+        longest = len(self.analysis_steps) * (1 + self.max_extensions) * self.interval_s
+        if longest > MAX_ANALYSIS_S:
+            raise bad(
+                "interval_s",
+                f"the analysis could last {len(self.analysis_steps)} steps x (1 + max_extensions "
+                f"{self.max_extensions}) x interval_s = {longest:g} s, more than the maximum {MAX_ANALYSIS_S} s",
+            )
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ReleaseParams:
@@ -107,12 +142,29 @@ class ReleaseParams:
         )
 
 
-def serving_target(settings: ProjectSettings) -> Any:
-    """The deploy target of the profile (one place that maps profile -> implementation)."""
+# folders of serving_root that hold other things than a model's serving target
+_RESERVED_SERVING_NAMES = ("models", "analyses")
+_SERVED_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+
+
+def serving_target(settings: ProjectSettings, model_name: str | None = None) -> Any:
+    """The deploy target of one registered model on the profile (one place that maps profile -> implementation).
+
+    Each model name is served on its own (serving_root/<model_name>: its router, stable and
+    canary), so releasing one model never touches what serves another. Without a name: the
+    model of Variable mlops_registered_model (what retrain trains).
+    """
+    model_name = settings.registered_model if model_name is None else model_name
+    if not re.fullmatch(_SERVED_NAME, model_name or "") or model_name in _RESERVED_SERVING_NAMES:
+        raise InvalidReleaseParams(
+            f"param model_name={model_name!r}: a served model's name must be 1-128 letters, digits, '.', '_' "
+            f"or '-' starting with a letter or digit, and not one of {_RESERVED_SERVING_NAMES} "
+            "(it names the model's serving folder)"
+        )
     if settings.profile == "local":
         from include.mlops.deploy.local import LocalProcessTarget
 
-        return LocalProcessTarget(settings.serving_root / settings.registered_model, python_executable=sys.executable)
+        return LocalProcessTarget(settings.serving_root / model_name, python_executable=sys.executable)
     raise DeployError(
         f"profile {settings.profile!r}: no serving target implemented yet in this build (local only); "
         "set Variable mlops_profile=local"
@@ -131,11 +183,64 @@ def _model_file(settings: ProjectSettings, name: str, version: str) -> Path:
     return Path(reg.download_onnx(ref, settings.serving_root / "models" / name / ref.version))
 
 
-def plan_release(settings: ProjectSettings, raw_params: dict[str, Any], log: Log = print) -> dict[str, Any]:
-    """Validate the form and resolve the version; fail here, before anything is built or deployed."""
+def release_event(events: Any) -> dict[str, str] | None:
+    """Model name and version from the newest triggering asset event that names them (retrain's
+    `model_challenger_ready` extra), or None when the run was not asset-triggered."""
+    if not events:
+        return None
+    for _asset, asset_events in events.items():
+        for event in reversed(list(asset_events)):
+            extra = getattr(event, "extra", None) or {}
+            if extra.get("version") not in (None, ""):
+                found = {"version": str(extra["version"])}
+                if extra.get("model_name"):
+                    found["model_name"] = str(extra["model_name"])
+                return found
+    return None
+
+
+def requested_params(
+    params: dict[str, Any], *, explicit: Any = (), event: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The form's params, with the triggering event's model name and version over the form's defaults.
+
+    An asset-triggered run gets no conf, so its form holds only defaults ("challenger", resolved
+    whenever the run starts, maybe after a newer retrain); the event names the exact version that
+    retrain registered and gated. A value the trigger set explicitly (`explicit`: the keys of the
+    run's conf) still wins over the event.
+    """
+    out = dict(params)
+    for key in ("model_name", "version"):
+        if key not in explicit and event and event.get(key):
+            out[key] = event[key]
+    return out
+
+
+def _state_lost(target: Any) -> bool:
+    path = getattr(target, "state_path", None)
+    return path is not None and not Path(path).exists()
+
+
+def _describe(owner: dict[str, Any] | None) -> str:
+    return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}" if owner else "(owner not recorded)"
+
+
+def plan_release(
+    settings: ProjectSettings,
+    raw_params: dict[str, Any],
+    log: Log = print,
+    *,
+    run: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate the form and resolve the version; fail here, before anything is built or deployed.
+
+    `run` ({"dag_id", "run_id"}) owns every serving change this release makes; without one a
+    unique owner is made up, so two library callers never share a canary either.
+    """
     from include.mlops.registry.mlflow_registry import CHAMPION
 
     params = ReleaseParams.from_params(raw_params)
+    owner = dict(run) if run else {"dag_id": "release", "run_id": f"library-{uuid.uuid4().hex[:12]}"}
     reg = _registry(settings)
     ref = reg.get_version(params.model_name, params.version)  # InvalidReleaseParams if unknown
     if ref.tags.get("gate.decision") == "rejected" and not params.allow_gate_rejected:
@@ -143,18 +248,37 @@ def plan_release(settings: ProjectSettings, raw_params: dict[str, Any], log: Log
             f"param version={params.version!r}: {params.model_name} v{ref.version} was rejected by the gate "
             f"({ref.tags.get('gate.reason', 'no reason recorded')}); set allow_gate_rejected to release it anyway"
         )
+    target = serving_target(settings, params.model_name)
+    reconcile_promotion(settings, params.model_name, log)
     champion = reg.get_alias(params.model_name, CHAMPION)
-    state = serving_target(settings).status()
+    state = target.status()
+    if state.canary is not None and target.canary_owner() != owner:
+        raise ServingBusy(
+            f"{params.model_name} v{ref.version} cannot be released now: release {_describe(target.canary_owner())} "
+            f"is in progress with canary v{state.canary.version} at {state.canary_weight_pct} %; wait for it, "
+            "or run the rollback DAG to remove its canary"
+        )
+    if state.stable is None and champion is not None and _state_lost(target) and not params.reset_serving_state:
+        raise InvalidReleaseParams(
+            f"{params.model_name} has champion v{champion.version} but its serving state "
+            f"{target.state_path} does not exist (lost or never written on this machine): a release now would "
+            f"put v{ref.version} at 100 % without canary analysis or approval. Restore that file, or set "
+            "param reset_serving_state=true to serve this version as a first release"
+        )
     stable_version = state.stable.version if state.stable else None
-    noop = stable_version == ref.version and state.canary is None
+    stable_alive = state.stable is not None and target.backend_alive(state.stable)
+    noop = stable_alive and stable_version == ref.version and state.canary is None
     plan = {
         "params": {**asdict(params), "steps_pct": list(params.steps_pct)},
         "model_name": params.model_name,
         "version": ref.version,
         "run_id": ref.run_id,
+        "owner": owner,
         "champion_version": champion.version if champion else None,
         "stable_version": stable_version,
         "first_release": state.stable is None,
+        # a stable that no longer runs is restarted before anything else (it never counts as serving)
+        "restore_stable": state.stable is not None and not stable_alive,
         "noop": noop,
         "dry_run": params.dry_run,
     }
@@ -162,8 +286,9 @@ def plan_release(settings: ProjectSettings, raw_params: dict[str, Any], log: Log
         log(f"v{ref.version} is already the stable model and no canary runs: nothing to release")
     else:
         log(
-            f"release {params.model_name} v{ref.version} over stable v{stable_version} "
-            f"(champion v{plan['champion_version']}); steps {list(params.steps_pct)} every {params.interval_s:g} s"
+            f"release {params.model_name} v{ref.version} over stable v{stable_version}"
+            + ("" if stable_alive or state.stable is None else " (NOT RUNNING: it is restarted first)")
+            + f" (champion v{plan['champion_version']}); steps {list(params.steps_pct)} every {params.interval_s:g} s"
             + ("; DRY RUN: nothing will be built or deployed" if params.dry_run else "")
         )
     return plan
@@ -210,19 +335,35 @@ def _model_ref(settings: ProjectSettings, plan: dict[str, Any], image: dict[str,
 def deploy_canary(
     settings: ProjectSettings, plan: dict[str, Any], image: dict[str, Any] | None, log: Log = print
 ) -> dict[str, Any]:
-    """Start the canary at 0 % (or, on the very first release, the stable itself)."""
+    """Start the canary at 0 % (or, on the very first release, the stable itself).
+
+    Only a canary that never became ready is the version's fault (tagged rejected); a router
+    failure or another release holding the target fails the task without blaming the version.
+    """
     if plan["noop"] or plan["dry_run"]:
         return {"skipped": True}
-    target = serving_target(settings)
+    target = serving_target(settings, plan["model_name"])
     model = _model_ref(settings, plan, image)
     params = plan["params"]
     if plan["first_release"]:
+        current = target.status().stable
+        if current is not None and current.version != plan["version"]:
+            raise ServingBusy(
+                f"v{current.version} started serving {plan['model_name']} after check_params planned a first "
+                f"release of v{plan['version']}; run the release again to canary it against v{current.version}"
+            )
         backend = target.ensure_stable(model, ready_timeout_s=params["ready_timeout_s"])
         log(f"first release: v{plan['version']} serves as stable at {target.status().router_url}")
         return {"first_release": True, "stable": backend.to_json()}
+    stable = target.status().stable
+    if plan.get("restore_stable"):
+        for what in target.restore():  # a dead stable (or router) comes back before anything else
+            log(f"restored {what}: it was not running")
+    if stable is not None and stable.version == plan["version"] and target.status().canary is None:
+        return {"first_release": True, "stable": target.status().stable.to_json()}
     try:
-        backend = target.start_canary(model, ready_timeout_s=params["ready_timeout_s"])
-    except DeployError as e:
+        backend = target.start_canary(model, ready_timeout_s=params["ready_timeout_s"], owner=plan.get("owner"))
+    except BackendNotReady as e:
         _reject(settings, plan, f"canary never became ready: {e}")
         raise CanaryFailed(f"v{plan['version']}: canary never became ready, rolled back: {e}") from e
     log(f"canary v{plan['version']} ready at {backend.url} with 0 % of traffic")
@@ -259,7 +400,7 @@ def analyse(
     from include.mlops.canary.runner import run_canary
 
     params = ReleaseParams.from_params(plan["params"])
-    target = serving_target(settings)
+    target = serving_target(settings, plan["model_name"])
     router_url = target.status().router_url
     out_dir = settings.serving_root / "analyses" / f"{plan['model_name']}-v{plan['version']}-{int(time.time())}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -333,46 +474,108 @@ def analyse(
     }
 
 
-def promote(settings: ProjectSettings, plan: dict[str, Any], log: Log = print) -> dict[str, Any]:
-    """Canary becomes the stable (100 %), the old stable drains and stops, `champion` moves."""
-    if plan["noop"] or plan["dry_run"]:
-        return {"skipped": True}
+def _finish_promotion(settings: ProjectSettings, pending: dict[str, Any]) -> None:
+    """Tags, then the alias: both idempotent, so a retry (or the next run's reconcile) converges."""
     from include.mlops.registry.mlflow_registry import CHAMPION, PREVIOUS_CHAMPION_TAG
 
-    target = serving_target(settings)
+    reg = _registry(settings)
+    name, version, previous = pending["model_name"], pending["version"], pending.get("previous_champion")
+    tags = {REJECTED_TAG: "promoted", "release.promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if previous and previous != version:
+        tags[PREVIOUS_CHAMPION_TAG] = previous
+    reg.set_version_tags(name, version, tags)
+    reg.set_alias(name, CHAMPION, version)
+
+
+def reconcile_promotion(settings: ProjectSettings, model_name: str, log: Log = print) -> str | None:
+    """Finish a promotion whose serving switch happened but whose alias move did not (MLflow failed
+    in between): `champion` is moved to what serves per the serving state's record. Returns the
+    version made champion, or None when nothing was pending (or the record no longer matches)."""
+    target = serving_target(settings, model_name)
+    pending = target.record(PENDING_ALIAS)
+    if not pending:
+        return None
+    stable = target.status().stable
+    if stable is None or stable.version != pending["version"]:
+        now = stable.version if stable else None
+        log(f"pending promotion of v{pending['version']} never reached serving (stable v{now}): dropped")
+        target.set_record(PENDING_ALIAS, None)
+        return None
+    _finish_promotion(settings, pending)
+    target.set_record(PENDING_ALIAS, None)
+    log(f"reconciled: {model_name} v{pending['version']} serves 100 % since its promotion; champion now names it")
+    return str(pending["version"])
+
+
+def promote(settings: ProjectSettings, plan: dict[str, Any], log: Log = print) -> dict[str, Any]:
+    """Canary becomes the stable (100 %), the old stable drains and stops, `champion` moves.
+
+    Not atomic across the router and MLflow, so the intended end state is recorded in the
+    serving state first (PENDING_ALIAS); every step converges when repeated, and a promotion
+    that stopped between the switch and the alias is finished by a retry or by the next
+    release's check_params (reconcile_promotion).
+    """
+    if plan["noop"] or plan["dry_run"]:
+        return {"skipped": True}
+    target = serving_target(settings, plan["model_name"])
     state = target.status()
+    pending = {
+        "model_name": plan["model_name"],
+        "version": plan["version"],
+        "previous_champion": plan["champion_version"],
+        "owner": plan.get("owner"),
+    }
     if state.canary is not None:
+        holder = target.canary_owner()
+        if state.canary.version != plan["version"] or (plan.get("owner") and holder not in (None, plan["owner"])):
+            raise ServingBusy(
+                f"the canary is v{state.canary.version} of release {_describe(holder)}, not this release's "
+                f"v{plan['version']}: not promoting it"
+            )
+        target.set_record(PENDING_ALIAS, pending)
         target.promote()
     stable = target.status().stable
     if stable is None or stable.version != plan["version"]:
         raise DeployError(f"after promote the stable is {stable.version if stable else None}, not v{plan['version']}")
-    reg = _registry(settings)
-    tags = {REJECTED_TAG: "promoted", "release.promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if plan["champion_version"] and plan["champion_version"] != plan["version"]:
-        tags[PREVIOUS_CHAMPION_TAG] = plan["champion_version"]
-    reg.set_version_tags(plan["model_name"], plan["version"], tags)
-    reg.set_alias(plan["model_name"], CHAMPION, plan["version"])
+    _finish_promotion(settings, pending)
+    target.set_record(PENDING_ALIAS, None)
     log(f"{plan['model_name']} v{plan['version']} is champion and serves 100 % at {target.status().router_url}")
     return {"champion": plan["version"], "previous_champion": plan["champion_version"]}
 
 
-def rollback_release(settings: ProjectSettings, plan: dict[str, Any] | None, log: Log = print) -> dict[str, Any]:
-    """After a failed step: stable back to 100 %, canary drained and stopped; champion unchanged."""
-    target = serving_target(settings)
+def rollback_release(settings: ProjectSettings, plan: dict[str, Any], log: Log = print) -> dict[str, Any]:
+    """After a failed step: stable back to 100 %, canary drained and stopped; champion unchanged.
+
+    Only this release's own canary is removed: a canary another release started keeps running.
+    """
+    target = serving_target(settings, plan["model_name"])
     state = target.status()
     stable = state.stable.version if state.stable else None
-    if state.canary is not None:
-        target.rollback("release failed")
+    if state.canary is None:
+        log("nothing to roll back: no canary is running")
+    elif target.rollback("release failed", owner=plan.get("owner")):
         log(f"rolled back: canary v{state.canary.version} removed, stable v{stable} at 100 %")
     else:
-        log("nothing to roll back: no canary is running")
+        log(
+            f"canary v{state.canary.version} belongs to release {_describe(target.canary_owner())}, not this one "
+            f"({_describe(plan.get('owner'))}): left running"
+        )
     return {"stable": stable}
 
 
 def rollback_to_version(
-    settings: ProjectSettings, model_name: str, version: str | None, log: Log = print
+    settings: ProjectSettings,
+    model_name: str,
+    version: str | None,
+    log: Log = print,
+    *,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Manual rollback: put the previous champion (or a named version) back into service, fast."""
+    """Manual rollback: put the previous champion (or a named version) back into service, fast.
+
+    The operator's override: a running canary is removed whichever release owns it, and the
+    removal records that release and this run.
+    """
     from include.mlops.deploy.target import ModelRef
     from include.mlops.registry.mlflow_registry import CHAMPION, PREVIOUS_CHAMPION_TAG
 
@@ -385,19 +588,25 @@ def rollback_to_version(
             )
         version = champion.tags[PREVIOUS_CHAMPION_TAG]
     ref = reg.get_version(model_name, version)
-    target = serving_target(settings)
+    target = serving_target(settings, model_name)
     state = target.status()
     if state.canary is not None:
-        target.rollback("manual rollback requested")
-    if state.stable is not None and state.stable.version == ref.version:
+        holder = target.canary_owner()
+        target.rollback(
+            f"manual rollback to v{ref.version} by {_describe(run)}: operator override of release {_describe(holder)}"
+        )
+        log(f"removed canary v{state.canary.version} of release {_describe(holder)} (operator override)")
+    target.set_record(PENDING_ALIAS, None)  # the operator decides what is champion now
+    stable_alive = state.stable is not None and target.backend_alive(state.stable)
+    if stable_alive and state.stable is not None and state.stable.version == ref.version:
         log(f"v{ref.version} already serves as stable")
     else:
         path = reg.download_onnx(ref, settings.serving_root / "models" / model_name / ref.version)
         model = ModelRef(model_name, ref.version, Path(path), ref.tags.get("image.digest"))
-        if state.stable is None:
+        if not stable_alive:
             target.ensure_stable(model)
         else:
-            target.start_canary(model, ready_timeout_s=60)
+            target.start_canary(model, ready_timeout_s=60, owner=run)
             target.promote()
     reg.set_alias(model_name, CHAMPION, ref.version)
     tags = {REJECTED_TAG: "rolled-back-to", "release.promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

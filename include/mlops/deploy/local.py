@@ -20,7 +20,7 @@ from typing import Any
 
 from include.mlops.deploy import caddy
 from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
-from include.mlops.errors import DeployError
+from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
 
 SERVER_MODULE = "include.mlops.serving.server"
 
@@ -143,8 +143,9 @@ class LocalProcessTarget:
             new = self._start_backend(model, "stable", ready_timeout_s)
             st["stable"] = new.to_json()
             st["canary_weight_pct"] = 0
-            self._ensure_router(st)
-            self._apply(st)
+            with self._stopped_on_error(new):
+                self._ensure_router(st)
+                self._apply(st)
             if stable is not None:
                 st["retired"].append(stable.to_json())
                 self._write(st)
@@ -152,7 +153,13 @@ class LocalProcessTarget:
             self._event("stable", version=new.version, replaced=stable.version if stable else None)
             return new
 
-    def start_canary(self, model: ModelRef, ready_timeout_s: float = 60.0) -> Backend:
+    def start_canary(
+        self, model: ModelRef, ready_timeout_s: float = 60.0, owner: dict[str, Any] | None = None
+    ) -> Backend:
+        """Start `model` as the canary, owned by `owner` (the release: dag_id/run_id) until promoted or removed.
+
+        A canary owned by another release is never reused or replaced: ServingBusy names that release.
+        """
         with self._locked() as st:
             self._finish_retirements(st)
             if not st.get("stable"):
@@ -160,21 +167,25 @@ class LocalProcessTarget:
             self._ensure_router(st)
             canary = Backend.from_json(st.get("canary"))
             if canary is not None:
-                if canary.version == model.version and self._backend_alive(canary):
-                    return canary
-                if canary.version != model.version:
-                    raise DeployError(
-                        f"canary version {canary.version} is already running; promote or roll it back "
-                        f"before starting version {model.version}"
+                holder = st.get("canary_owner")
+                if canary.version != model.version or (owner is not None and holder not in (None, owner)):
+                    raise ServingBusy(
+                        f"release {_describe_owner(holder)} is in progress with canary {canary.name} "
+                        f"v{canary.version} in {self.state_path}; it must promote or roll back (or run the "
+                        f"rollback DAG) before version {model.version} can start"
                     )
+                if self._backend_alive(canary):
+                    return canary
                 # same version but dead: take it out of the route, then start again
                 st["canary"], st["canary_weight_pct"] = None, 0
                 self._apply(st)
             new = self._start_backend(model, "canary", ready_timeout_s)
             st["canary"] = new.to_json()
+            st["canary_owner"] = owner
             st["canary_weight_pct"] = 0
-            self._apply(st)
-            self._event("canary_started", version=new.version)
+            with self._stopped_on_error(new):
+                self._apply(st)
+            self._event("canary_started", version=new.version, owner=owner)
             return new
 
     def set_canary_weight(self, pct: int) -> None:
@@ -206,6 +217,7 @@ class LocalProcessTarget:
             old = st["stable"]
             # canary is already fully up: route everything to it, then it is the stable
             st["stable"], st["canary"], st["canary_weight_pct"] = canary.to_json(), None, 0
+            st["canary_owner"] = None
             self._apply(st)
             if old:
                 st["retired"].append(old)
@@ -214,19 +226,57 @@ class LocalProcessTarget:
             self._event("promoted", version=canary.version, previous=old["version"] if old else None)
             return canary
 
-    def rollback(self, reason: str) -> None:
+    def rollback(self, reason: str, owner: dict[str, Any] | None = None) -> bool:
+        """Remove the canary (stable back to 100 %); True if one was removed.
+
+        With `owner`, only that release's canary is removed: another release's canary is left
+        running and False is returned. Without it (the operator's manual rollback) any canary
+        goes, and its owner is recorded in last_rollback.
+        """
+        removed = False
         with self._locked() as st:
             canary = st.get("canary")
-            if canary is not None:
-                st["canary"], st["canary_weight_pct"] = None, 0
+            holder = st.get("canary_owner")
+            if canary is not None and (owner is None or holder in (None, owner)):
+                st["canary"], st["canary_weight_pct"], st["canary_owner"] = None, 0, None
                 if st.get("stable"):
                     self._ensure_router(st)
                     self._apply(st)
                 st["retired"].append(canary)
-                st["last_rollback"] = {"reason": reason, "version": canary["version"], "at_unix": time.time()}
+                st["last_rollback"] = {
+                    "reason": reason,
+                    "version": canary["version"],
+                    "canary_owner": holder,
+                    "by": owner,
+                    "at_unix": time.time(),
+                }
                 self._write(st)
-                self._event("rollback", version=canary["version"], reason=reason)
+                self._event("rollback", version=canary["version"], reason=reason, canary_owner=holder, by=owner)
+                removed = True
             self._finish_retirements(st)
+        return removed
+
+    def canary_owner(self) -> dict[str, Any] | None:
+        """The release (dag_id/run_id) that started the running canary, if any."""
+        st = self._read()
+        return st.get("canary_owner") if st.get("canary") else None
+
+    def record(self, key: str) -> Any:
+        """A release's bookkeeping entry kept with the serving state (e.g. a promotion's pending alias)."""
+        return self._read().get("records", {}).get(key)
+
+    def set_record(self, key: str, value: Any) -> None:
+        """Write (or, with None, delete) a bookkeeping entry under the state lock, atomically."""
+        with self._locked() as st:
+            records = st.setdefault("records", {})
+            if value is None:
+                records.pop(key, None)
+            else:
+                records[key] = value
+
+    def backend_alive(self, b: Backend) -> bool:
+        """True if the backend's server process still runs (the very process that was started)."""
+        return self._backend_alive(b)
 
     def health(self) -> ServingHealth:
         """Which recorded processes run now: a read of state.json and /proc, no lock, no HTTP."""
@@ -271,7 +321,7 @@ class LocalProcessTarget:
                 if st.get(key):
                     st["retired"].append(st[key])
                 st[key] = None
-            st["canary_weight_pct"] = 0
+            st["canary_weight_pct"], st["canary_owner"] = 0, None
             router = st.get("router")
             if router:
                 self._stop_pid(router["pid"], router.get("pid_start_ticks"), grace_s=5.0)
@@ -283,6 +333,15 @@ class LocalProcessTarget:
 
     def _backend_alive(self, b: Backend) -> bool:
         return pid_alive(b.pid, b.pid_start_ticks)
+
+    @contextlib.contextmanager
+    def _stopped_on_error(self, b: Backend) -> Iterator[None]:
+        """A server started for a change that then fails (router, config apply) is stopped, never orphaned."""
+        try:
+            yield
+        except BaseException:
+            self._stop_pid(b.pid, b.pid_start_ticks, grace_s=2.0)
+            raise
 
     def _apply(self, st: dict[str, Any]) -> None:
         """Push the split from state to Caddy and keep the on-disk config in step (for restarts)."""
@@ -397,7 +456,7 @@ class LocalProcessTarget:
             last_error = outcome
             if "address already in use" not in _log_tail(str(log_path)).lower():
                 break
-        raise DeployError(f"{role} {model.name} v{model.version} did not become ready: {last_error}")
+        raise BackendNotReady(f"{role} {model.name} v{model.version} did not become ready: {last_error}")
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], b: Backend, timeout_s: float) -> str:
         import httpx
@@ -473,6 +532,12 @@ class LocalProcessTarget:
             time.sleep(0.02)
         if pid_alive(pid, ticks):
             raise DeployError(f"process {pid} survived SIGKILL; stop it by hand")
+
+
+def _describe_owner(owner: dict[str, Any] | None) -> str:
+    if not owner:
+        return "(owner not recorded)"
+    return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}"
 
 
 def _port_open(port: int) -> bool:

@@ -80,8 +80,14 @@ class DeployTarget(Protocol):
         """Serve `model` as stable with 100 % of the traffic (first deployment or a direct replacement)."""
         ...
 
-    def start_canary(self, model: ModelRef, ready_timeout_s: float = 60.0) -> Backend:
-        """Start `model` beside the stable with 0 % traffic; DeployError (nothing left running) if not ready."""
+    def start_canary(
+        self, model: ModelRef, ready_timeout_s: float = 60.0, owner: dict[str, Any] | None = None
+    ) -> Backend:
+        """Start `model` beside the stable with 0 % traffic, owned by `owner` (a release's dag_id/run_id).
+
+        BackendNotReady (nothing left running) if it never gets ready; ServingBusy if another
+        release's canary runs.
+        """
         ...
 
     def set_canary_weight(self, pct: int) -> None: ...
@@ -90,9 +96,22 @@ class DeployTarget(Protocol):
         """Canary takes 100 % and becomes the stable; the old stable is drained, then stopped."""
         ...
 
-    def rollback(self, reason: str) -> None:
-        """Stable takes 100 % at once; the canary is drained, then stopped."""
+    def rollback(self, reason: str, owner: dict[str, Any] | None = None) -> bool:
+        """Stable takes 100 % at once; the canary is drained, then stopped. With `owner`, only that
+        release's canary is removed. True if a canary was removed."""
         ...
+
+    def canary_owner(self) -> dict[str, Any] | None:
+        """The release that started the running canary (None: no canary, or owner not recorded)."""
+        ...
+
+    def backend_alive(self, b: Backend) -> bool: ...
+
+    def record(self, key: str) -> Any:
+        """A release's bookkeeping entry kept with the serving state (e.g. a pending alias move)."""
+        ...
+
+    def set_record(self, key: str, value: Any) -> None: ...
 
     def health(self) -> ServingHealth:
         """Liveness of stable, canary and router, cheap enough to ask every second."""
