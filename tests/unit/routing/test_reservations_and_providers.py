@@ -107,13 +107,25 @@ def test_processes_racing_for_the_last_gpu_get_exactly_one_placement(inventory: 
 def test_local_fallback_uses_this_machine_only_when_allowed(inventory: Path, tmp_path: Path):
     provider = CombinedProvider((StaticInventoryProvider(inventory), LocalMachineProvider()))
     router = ResourceRouter(provider, ReservationBook(tmp_path / "b.sqlite"))
-    big_cpu = TaskRequest(cpu_millicores=20_000, memory_mib=1024)
     d = router.decide(TaskRequest(cpu_millicores=100, memory_mib=64, allow_local=True))
     assert isinstance(d, Placement) and d.target == "kubernetes"  # cluster first
+    # a cluster whose only CPU node is too small for 1 CPU: the local machine takes it, when allowed
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text('nodes:\n  - {name: tiny, node_pool: small, cpu: "500m", memory: 256Mi}\n')
+    router = ResourceRouter(
+        CombinedProvider((StaticInventoryProvider(tiny), LocalMachineProvider())),
+        ReservationBook(tmp_path / "t.sqlite"),
+    )
+    d = router.decide(TaskRequest(task_key="fits-local", cpu_millicores=1000, memory_mib=128, allow_local=True))
+    assert isinstance(d, Placement) and d.target == "local" and d.airflow_pool == "local_compute"
+    with pytest.raises(PlacementError, match=r"could ever hold .*\(allow_local=False\)"):
+        router.decide(TaskRequest(task_key="not-allowed", cpu_millicores=1000, memory_mib=128))
+    # more CPUs than this machine has: refused even with local allowed, on any machine
     local_cpus = LocalMachineProvider().snapshot().nodes[0].cpu_allocatable_millicores
-    if local_cpus < 20_000:
-        with pytest.raises(PlacementError):
-            router.decide(big_cpu)
+    with pytest.raises(PlacementError, match=r"\(allow_local=True\)"):
+        router.decide(
+            TaskRequest(task_key="too-big", cpu_millicores=local_cpus + 1000, memory_mib=128, allow_local=True)
+        )
 
 
 def test_kpo_kwargs_map_a_placement_to_pod_arguments(inventory: Path):
