@@ -70,7 +70,8 @@ def via_airflow(batch: str, epochs: int) -> dict[str, float]:
     t0 = time.perf_counter()
     run = DagTest(
         "retrain",
-        {"batch_path": batch, "epochs": epochs},
+        # repeats train the same batch: retrain_identical keeps them from stopping at skip_if_identical
+        {"batch_path": batch, "epochs": epochs, "retrain_identical": True},
         airflow_bin=stack.VENV_BIN / "airflow",
         db_path=db,
         env=env,

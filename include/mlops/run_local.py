@@ -6,8 +6,11 @@ MLflow server), so no scheduler has to be running; the runs are kept in Airflow'
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import sys
 import time
+from typing import Any
 
 from include.mlops import stack
 from include.mlops.dag_test import DagTest, DagTestRun
@@ -41,6 +44,19 @@ def run_dag(dag_id: str, conf: dict[str, object]) -> tuple[int, DagTestRun | Non
     return run.returncode, run, elapsed
 
 
+def _xcom(run: DagTestRun, task_id: str, key: str) -> Any:
+    """A task's XCom value as the run recorded it in the local metadata DB (None if absent)."""
+    with sqlite3.connect(stack.AIRFLOW_HOME / "airflow.db") as db:
+        row = db.execute(
+            "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = ? AND key = ?",
+            (run.dag_id, run.run_id, task_id, key),
+        ).fetchone()
+    if row is None:
+        return None
+    value = row[0]
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
 def main() -> int:
     t0 = time.monotonic()
     settings = ProjectSettings.from_settings_file()
@@ -67,17 +83,22 @@ def main() -> int:
     if run is not None and rc == 0 and run.state == "success":
         from include.mlops.registry.mlflow_registry import MlflowRegistry
 
-        version = MlflowRegistry(settings.mlflow_tracking_uri).find_version(
-            settings.registered_model, f"retrain/{run.run_id}"
-        )
+        registry = MlflowRegistry(settings.mlflow_tracking_uri)
+        version = registry.find_version(settings.registered_model, f"retrain/{run.run_id}")
+        identical = _xcom(run, "skip_if_identical", "identical")
+        if version is None and identical:
+            # same batch, code and params as a registered version: the run registered nothing
+            version = registry.get_version(settings.registered_model, str(identical["version"]))
+            summary["identical"] = f"v{version.version} was trained on this batch with this code: nothing registered"
         if version is not None:
             summary["model"] = f"{version.name} v{version.version}"
+            summary["version"] = version.version
             summary["gate"] = version.tags.get("gate.decision", "?") + ": " + version.tags.get("gate.reason", "")
     if str(summary.get("gate", "")).startswith("passed"):
         # short analysis steps for the demo; the DAG's defaults (10/25/50/100 %, 20 s) are for real releases
         conf = {
             "model_name": settings.registered_model,
-            "version": "challenger",
+            "version": str(summary["version"]),
             "steps_pct": [25, 50, 100],
             "interval_s": 8,
             "load_rps": 25,

@@ -46,7 +46,7 @@ class TrainingLaunchOperator(BaseOperator):
                 f"{self.task_id}: no placement from {self.route_task_id!r} or no batch from "
                 f"{self.validation_task_id!r} in XCom; clear those tasks to run them again"
             )
-        hyperparams = {"epochs": int(context["params"]["epochs"])}
+        hyperparams = retraining.hyperparams(context["params"])
         ident = retraining.identity(context["dag_run"], ti)
         return retraining.settings(), ident, validation, placement, hyperparams
 
