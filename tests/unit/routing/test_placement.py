@@ -791,3 +791,17 @@ def test_the_chosen_pool_counts_its_feasible_nodes_and_names_two_other_reasons()
     (v,) = d.explanation.considered
     assert (v.nodes, v.feasible_nodes) == (5, 2)
     assert v.reason.endswith("% free; 1 other node(s): 0 whole GPU(s) free < 1; 1 other node(s): node is cordoned")
+
+
+def test_fragmentation_differences_below_one_milli_still_decide():
+    # workload: 500-milli tasks (share 1) and 100-milli tasks (share 2). A 299 fraction leaves 301 on x's
+    # only device (+301/3 = +100.333 unusable) and 300 on z's 599 device (+300/3 = +100.000): z wins,
+    # although x, with less GPU left over (301 vs 1300 milli), would win the best fit
+    cfg = dataclasses.replace(
+        DEFAULT_CONFIG, workload=(TaskShape(1.0, 0, 500, 1000, 1024), TaskShape(2.0, 0, 100, 1000, 1024))
+    )
+    s = snap(_milli_node("x", "px", (600,)), _milli_node("z", "pz", (599, 1000)))
+    d = place_task(TaskRequest(gpu_milli=299), s, config=cfg)
+    assert isinstance(d, Placement) and d.node_name == "z" and d.claim.gpu_milli_by_device == ((0, 299),)
+    lost = next(v for v in d.explanation.considered if v.node_pool == "px")
+    assert lost.reason == "fragmentation +100 milli on x vs +100 on z (keeps room for larger jobs)"
