@@ -28,7 +28,12 @@ Takes seconds on the local target, and never waits behind a release: it uses no 
     tags=["mlops", "release"],
     # No pool a release uses: a rollback must never queue behind a release (one waiting for
     # approval holds its slot for hours). Serving changes are serialised by the target's lock.
-    default_args={"owner": "mlops", "retries": 1, "execution_timeout": pendulum.duration(minutes=10)},
+    default_args={
+        "owner": "mlops",
+        "retries": 1,
+        "retry_delay": pendulum.duration(seconds=5),
+        "execution_timeout": pendulum.duration(minutes=10),
+    },
     params={
         "model_name": Param("fraud-detector", type="string", minLength=1, description="Registered model name"),
         "version": Param(None, type=["null", "string"], description="Version to restore; empty: the previous champion"),
@@ -37,13 +42,19 @@ Takes seconds on the local target, and never waits behind a release: it uses no 
 def rollback() -> None:
     @task
     def rollback_to_champion(params: dict, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
+        from airflow.sdk.exceptions import AirflowFailException
+
         from include.mlops import releasing
+        from include.mlops.errors import InvalidReleaseParams
         from include.mlops.settings.project import ProjectSettings
 
         run = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id} if dag_run else None
-        return releasing.rollback_to_version(
-            ProjectSettings.from_airflow(), params["model_name"], params["version"], run=run
-        )
+        try:
+            return releasing.rollback_to_version(
+                ProjectSettings.from_airflow(), params["model_name"], params["version"], run=run
+            )
+        except InvalidReleaseParams as e:  # a param a retry cannot fix: fail now, never after retry_delay
+            raise AirflowFailException(f"InvalidReleaseParams: {e}") from e
 
     rollback_to_champion()
 
