@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 export NO_PROXY := 127.0.0.1,localhost
 export no_proxy := 127.0.0.1,localhost
 
-.PHONY: run test lint typecheck unit ui up down settings bench services clean
+.PHONY: run test lint typecheck unit ui up down settings bench services clean mutation
 
 $(VENV)/.installed: requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,15 @@ test: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed services lint typecheck
 
 bench: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed
 	for b in bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+# Mutation testing of the decision modules: [tool.mutmut] in pyproject.toml lists the modules and their
+# unit tests. A fresh mutants/ each time: mutmut keeps old verdicts when only the tests changed.
+MUTATION_MIN ?= 85
+MUTATION_JOBS ?= $(shell nproc)
+mutation: $(VENV)/.installed-dev
+	rm -rf mutants && mkdir mutants
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) > mutants/run.log 2>&1 || { tail -40 mutants/run.log; exit 1; }
+	$(VENV)/bin/mutmut results --all true | $(VENV)/bin/python tests/mutation_score.py --min $(MUTATION_MIN)
 
 clean: down
 	rm -rf .local
