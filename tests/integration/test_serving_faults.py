@@ -121,7 +121,7 @@ def test_analysis_rolls_back_a_killed_canary_at_once_naming_it(target: LocalProc
         load.stop_event.wait(3.0)
         killed_at = _kill(canary.pid)
         thread.join(30)
-        load.stop_event.wait(1.0)
+        load.stop_event.wait(4.0)  # the traffic after the rollback counts too, as users see it
         results = load.stop()
     outcome = out[0]
     rolled_back_after_s = _events(target, "rollback")[-1]["ts"] - killed_at
@@ -130,6 +130,8 @@ def test_analysis_rolls_back_a_killed_canary_at_once_naming_it(target: LocalProc
         f"\ncanary killed at 50 % under 10 rps during analysis: rolled back {rolled_back_after_s:.2f} s later; "
         f"{len(failed)} of {len(results)} requests failed"
     )
+    for r in failed:
+        print(f"  failed {r.started_at_unix - killed_at:+.2f} s after the kill: {r}")
     assert not outcome.passed and outcome.rolled_back
     assert "canary v2" in outcome.reason and "died" in outcome.reason, outcome.reason
     assert rolled_back_after_s < 2.0

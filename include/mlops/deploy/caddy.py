@@ -73,9 +73,13 @@ def split_for(stable_dial: str, canary_dial: str | None, canary_weight_pct: int)
 # How fast a dead model server leaves the rotation, and how a request that met it finds another:
 # - active checks: GET /health/ready every 0.5 s (a server that is loading or failed answers 503);
 # - passive checks: a failed dial or a 502/503/504 takes the address out for 1 s, at once;
-# - retries: for up to 1 s, 50 ms apart, on another upstream. Caddy retries a failed dial always,
+# - retries: for up to 1 s, 10 ms apart, on another upstream. Caddy retries a failed dial always,
 #   and a request whose connection broke mid-way only if it matches retry_match; predictions are
 #   pure functions of their input, so POST /predict is as safe to retry as GET.
+#   A retried request needs its body again: Caddy keeps up to REQUEST_BUFFER_BYTES of it in
+#   memory for that (a 50-record request is ~15 KB); a larger body streams, and if its upstream
+#   dies mid-request it is not retried. Without the buffer, the request in flight when the canary
+#   was killed came back 502 after 1 s ("ContentLength=263 with Body length 0" on each retry).
 # A 500 is left alone: it is the model's own error, which the canary analysis must see.
 # The interleaved rotation repeats dial addresses; Caddy keeps one health state per address
 # (passive) and checks each listed upstream (active), so duplicates change nothing but the
@@ -85,8 +89,14 @@ HEALTH_INTERVAL = "500ms"
 HEALTH_TIMEOUT = "400ms"
 FAIL_DURATION = "1s"
 TRY_DURATION = "1s"
-TRY_INTERVAL = "50ms"
+# short: a config swap (every weight change, a rollback) cancels the retries still waiting in the
+# old handler, so the wait is where a request can be lost (measured: 1 in ~10 rollbacks at 50 ms)
+TRY_INTERVAL = "10ms"
 UNHEALTHY_STATUS = (502, 503, 504)
+# how long after a backend died until no request that met it is still in Caddy's retry loop: the
+# first failed dial takes the address out at once (passive check), its retry follows 10 ms later
+SETTLE_S = 0.5
+REQUEST_BUFFER_BYTES = 256 * 1024
 
 
 def proxy_handler(split: Split) -> dict[str, Any]:
@@ -94,6 +104,7 @@ def proxy_handler(split: Split) -> dict[str, Any]:
         "@id": PROXY_ID,
         "handler": "reverse_proxy",
         "upstreams": [{"dial": dial} for dial in split.rotation()],
+        "request_buffers": REQUEST_BUFFER_BYTES,
         "load_balancing": {
             "selection_policy": {"policy": "round_robin"},
             "try_duration": TRY_DURATION,

@@ -238,6 +238,11 @@ class LocalProcessTarget:
             canary = st.get("canary")
             holder = st.get("canary_owner")
             if canary is not None and (owner is None or holder in (None, owner)):
+                if not pid_alive(canary.get("pid"), canary.get("pid_start_ticks")):
+                    # a dead canary is already out of the rotation (the router's health checks);
+                    # swapping the config at once would cancel the retries of requests that just
+                    # met it, and they would come back 502: let those retries finish first
+                    time.sleep(caddy.SETTLE_S)
                 st["canary"], st["canary_weight_pct"], st["canary_owner"] = None, 0, None
                 if st.get("stable"):
                     self._ensure_router(st)
