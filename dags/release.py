@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
@@ -15,7 +17,10 @@ MAX = PARAM_MAXIMA
 # Hard bounds per task. execution_timeout cannot be templated from the run's params, so each is
 # the worst case any valid form allows (ReleaseParams caps every param and the whole analysis at
 # MAX_ANALYSIS_S) plus a margin; a hung task fails, and its run's rollback task cleans up.
-APPROVAL_WAIT = pendulum.duration(hours=4)
+# A plain timedelta, not pendulum's Duration: on Airflow 3.3 the approval parks the task in
+# AWAITING_INPUT and sends this timeout to the task's supervisor over msgpack, which refuses a
+# Duration (the task then fails at once under the real scheduler; `dags test` never sends it).
+APPROVAL_WAIT = datetime.timedelta(hours=4)
 TIMEOUTS = {
     "check_params": pendulum.duration(minutes=5),
     "build_image": pendulum.duration(minutes=30),
