@@ -23,6 +23,7 @@ class FlakyServer:
     def __init__(self, drop: int) -> None:
         self.drop = drop
         self.connections = 0
+        self.bodies: list[bytes] = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -49,9 +50,21 @@ class FlakyServer:
                     if not chunk:
                         break
                     data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
+                while len(body) < length and (chunk := conn.recv(4096)):
+                    body += chunk
                 if self.connections <= self.drop:
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     continue  # close with RST, no response: what a reload race looks like
+                self.bodies.append(body)
                 conn.sendall(OK)
 
 
@@ -104,3 +117,21 @@ def test_a_second_reset_is_reported_as_a_failure_not_retried_forever(flaky) -> N
 def test_unbounded_or_empty_load_is_refused(kwargs, message) -> None:
     with pytest.raises(MlopsError, match=message):
         LoadGenerator("http://127.0.0.1:9", **kwargs)
+
+
+def test_records_reach_both_sides_of_an_alternating_router_alike(flaky) -> None:
+    """A round robin at 50 % alternates S C S C: records drawn in a fixed cycle of an even length
+    would reach the stable only at even positions and the canary only at odd ones, and identical
+    models would then 'drift'. Here every other request is one side; each must see both kinds."""
+    import json
+
+    server = flaky(drop=0)
+    records = [{"i": k} for k in range(10)]
+    with LoadGenerator(server.url, records, rps=200, duration_s=0.6) as load:
+        load.stop_event.wait(0.6)
+    load.stop()
+    ids = [json.loads(b)["records"][0]["i"] for b in server.bodies]
+    assert len(ids) >= 40
+    for side in (ids[0::2], ids[1::2]):
+        assert {i % 2 for i in side} == {0, 1}, side
+        assert len(set(side)) >= 6  # most of the 10 records, not a fixed half of them
