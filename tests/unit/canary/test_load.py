@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -85,10 +86,17 @@ def flaky() -> Iterator[FlakyServer]:
         s.sock.close()
 
 
+def _wait_for_results(load: LoadGenerator, n: int, timeout_s: float = 20.0) -> None:
+    """Bounded wait for n results: on a loaded box the thread may start after a fixed 0.3 s wait."""
+    deadline = time.monotonic() + timeout_s
+    while len(load.results()) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_a_request_reset_before_any_response_is_retried_once_and_recorded(flaky) -> None:
     server = flaky(drop=1)
-    with LoadGenerator(server.url, [{"x": 1}], rps=50, duration_s=0.3) as load:
-        load.stop_event.wait(0.3)
+    with LoadGenerator(server.url, [{"x": 1}], rps=50, stop_event=threading.Event()) as load:
+        _wait_for_results(load, 3)
     results = load.stop()
     assert results and all(r.status == 200 for r in results)
     assert results[0].attempts == 2 and results[0].served_version == "7"
@@ -97,8 +105,8 @@ def test_a_request_reset_before_any_response_is_retried_once_and_recorded(flaky)
 
 def test_a_second_reset_is_reported_as_a_failure_not_retried_forever(flaky) -> None:
     server = flaky(drop=10_000)
-    with LoadGenerator(server.url, [{"x": 1}], rps=20, duration_s=0.3) as load:
-        load.stop_event.wait(0.3)
+    with LoadGenerator(server.url, [{"x": 1}], rps=20, stop_event=threading.Event()) as load:
+        _wait_for_results(load, 3)
     results = load.stop()
     assert results and all(r.status == 0 and r.attempts == 2 for r in results)
     assert all(r.error and ("Error" in r.error) for r in results)
@@ -127,8 +135,8 @@ def test_records_reach_both_sides_of_an_alternating_router_alike(flaky) -> None:
 
     server = flaky(drop=0)
     records = [{"i": k} for k in range(10)]
-    with LoadGenerator(server.url, records, rps=200, duration_s=0.6) as load:
-        load.stop_event.wait(0.6)
+    with LoadGenerator(server.url, records, rps=200, stop_event=threading.Event()) as load:
+        _wait_for_results(load, 60)
     load.stop()
     ids = [json.loads(b)["records"][0]["i"] for b in server.bodies]
     assert len(ids) >= 40
