@@ -82,40 +82,90 @@ def airflow_db() -> Path:
     return _AIRFLOW_HOME
 
 
+def wait_own_http(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float) -> bool:
+    """Wait until `url` answers 200 while `proc` (the server we started) runs. False when its log says
+    its port was taken (stop it and start it on another port); any other exit or a timeout raises
+    with the log's tail. An answer counts only while our process runs: a server that could not
+    bind exits within moments, so another run's server on that port is not taken for ours (a window
+    of those moments remains)."""
+    from tests.ports import port_taken
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        exited = proc.poll() is not None
+        text = log_path.read_text(errors="replace")
+        if port_taken(text):  # MLflow's wrapper outlives its failed uvicorn by up to half a minute
+            return False
+        if exited:
+            raise RuntimeError(f"{url}: server exited {proc.returncode}:\n{text[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200 and proc.poll() is None:
+                    return True
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s:\n{log_path.read_text(errors='replace')[-3000:]}")
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow tracking server (SQLite store, served artifacts) on a free loopback port."""
+    """A real MLflow tracking server (SQLite store, served artifacts) on a free loopback port; MLflow
+    cannot take a bound socket, so a port another process took first means a retry on a new one."""
+    from tests.ports import BIND_ATTEMPTS
+
     base = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = (base / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(VENV_BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{base / 'mlflow.db'}",
-            "--artifacts-destination",
-            (base / "artifacts").as_uri(),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
+    log_path = base / "server.log"
+    for _attempt in range(BIND_ATTEMPTS):
+        port = free_port()
+        log = log_path.open("wb")
+        proc = subprocess.Popen(
+            [
+                str(VENV_BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{base / 'mlflow.db'}",
+                "--artifacts-destination",
+                (base / "artifacts").as_uri(),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        uri = f"http://127.0.0.1:{port}"
+        try:
+            up = wait_own_http(proc, f"{uri}/health", log_path, 120)
+        except BaseException:
+            stop_group(proc)
+            log.close()
+            raise
+        if up:
+            break
+        stop_group(proc)
+        log.close()
+    else:
+        raise RuntimeError(f"MLflow found its port taken {BIND_ATTEMPTS} times:\n{log_path.read_text()[-2000:]}")
     try:
-        wait_http(f"{uri}/health", 120)
         yield uri
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # gunicorn workers can ignore TERM on a loaded box
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=10)
+        stop_group(proc)
         log.close()
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """TERM the server's process group, KILL it after 30 s (gunicorn workers can ignore TERM on a
+    loaded box); a group already gone is fine."""
+    try:
+        os.killpg(proc.pid, 15)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait(timeout=10)

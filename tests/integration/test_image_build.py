@@ -33,12 +33,6 @@ MAX_IMAGE_BYTES = 400 * 1024 * 1024
 needs_engine = pytest.mark.usefixtures("docker_engine")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _record() -> dict[str, object]:
     rec: dict[str, object] = {col: rng[0] for col, (_, rng) in NUMERIC_FEATURES.items()}
     rec.update(dict.fromkeys(BOOLEAN_FEATURES, False))
@@ -161,15 +155,16 @@ def test_image_is_small_runs_as_non_root_and_has_no_compiler(docker_api, first_i
 @needs_engine
 @pytest.mark.slow
 def test_container_reports_ready_and_serves_predictions(docker_api, first_image: BuiltImage) -> None:  # type: ignore[no-untyped-def]
-    port = _free_port()
     container = docker_api.create_container(
         first_image.reference,
         environment={"MLOPS_IMAGE_DIGEST": first_image.digest},
         ports=[8080],
-        host_config=docker_api.create_host_config(port_bindings={8080: ("127.0.0.1", port)}),
+        # the engine picks the host port when it binds it, and says which: no port handed on to a race
+        host_config=docker_api.create_host_config(port_bindings={8080: ("127.0.0.1",)}),
     )
     try:
         docker_api.start(container)
+        port = int(docker_api.port(container, 8080)[0]["HostPort"])
         deadline, ready = time.monotonic() + 60, False
         while time.monotonic() < deadline and not ready:
             try:
@@ -260,11 +255,15 @@ def test_failing_dockerfile_step_is_reported_with_its_output(docker_api, tmp_pat
 @needs_engine
 @pytest.mark.slow
 def test_unreachable_registry_fails_with_a_build_error_naming_it(docker_api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    registry = f"127.0.0.1:{_free_port()}"
-    builder = DockerImageBuilder(docker_api, registry)
-    model = build_logistic_model(tmp_path / "model.onnx", seed=6)
-    with pytest.raises(RegistryUnavailable, match=registry):
-        builder.build_and_push(ModelArtifact(MODEL_NAME, "6", model), tag="unreachable")
+    # a port this test holds bound but not listening: refused for as long as the test runs, and no
+    # other run can start a server on it meanwhile
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        registry = f"127.0.0.1:{held.getsockname()[1]}"
+        builder = DockerImageBuilder(docker_api, registry)
+        model = build_logistic_model(tmp_path / "model.onnx", seed=6)
+        with pytest.raises(RegistryUnavailable, match=registry):
+            builder.build_and_push(ModelArtifact(MODEL_NAME, "6", model), tag="unreachable")
 
 
 @needs_engine

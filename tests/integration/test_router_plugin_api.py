@@ -6,7 +6,6 @@ behind Airflow's auth (SimpleAuthManager, configured users, a password file, rea
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import threading
 import time
@@ -24,6 +23,7 @@ from include.mlops.routing.reservations import ReservationBook
 from include.mlops.routing.router import ResourceRouter
 from tests.api_server import START_LIMIT_S, ApiServer, airflow_api_server
 from tests.conftest import ROOT
+from tests.ports import listening_socket
 
 INVENTORY = """
 source: lab
@@ -34,12 +34,6 @@ nodes:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def api(tmp_path: Path) -> Iterator[tuple[str, ResourceRouter]]:
     import uvicorn
@@ -47,11 +41,11 @@ def api(tmp_path: Path) -> Iterator[tuple[str, ResourceRouter]]:
     inv = tmp_path / "inventory.yaml"
     inv.write_text(INVENTORY)
     router = ResourceRouter(StaticInventoryProvider(inv), ReservationBook(tmp_path / "book.sqlite"))
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(lambda: router), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
+    # the socket is bound here and handed to uvicorn: no port number passed on for another run to take
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(lambda: router), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:
@@ -60,6 +54,7 @@ def api(tmp_path: Path) -> Iterator[tuple[str, ResourceRouter]]:
     yield f"http://127.0.0.1:{port}", router
     server.should_exit = True
     thread.join(10)
+    sock.close()
 
 
 def test_api_reports_capacity_dry_runs_without_reserving_and_lists_decisions(api):
