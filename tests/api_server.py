@@ -118,40 +118,64 @@ def fab_api_server(
 
 @contextlib.contextmanager
 def _serve(base: Path, env: dict[str, str], passwords: dict[str, str]) -> Iterator[ApiServer]:
-    port = _free_port()
-    full_env = {
-        **env,
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-    }
+    """The api-server on a free port; it cannot take a bound socket, so when another process took
+    the port first (its log says so) it starts again on a new one (tests/ports.py)."""
+    from tests.ports import BIND_ATTEMPTS, port_taken
+
     log_path = base / "api-server.log"
-    with log_path.open("wb") as log:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port),
-             "--apps", "core", "--workers", "1"],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    for _attempt in range(BIND_ATTEMPTS):
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        full_env = {
+            **env,
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW__API__BASE_URL": url,
+        }
+        with log_path.open("wb") as log:
+            t0 = time.monotonic()
+            proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port),
+                 "--apps", "core", "--workers", "1"],
+                env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         try:
-            url = f"http://127.0.0.1:{port}"
             while True:
+                if port_taken(log_path.read_text(errors="replace")):
+                    break
                 assert proc.poll() is None, f"api-server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}"
                 assert time.monotonic() < t0 + START_LIMIT_S, (
                     f"api-server not up in {START_LIMIT_S} s:\n" + log_path.read_text()[-3000:]
                 )
                 try:
-                    if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    # an answer counts only while our server runs (another run's server may hold the port)
+                    if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200 and proc.poll() is None:
                         break
                 except httpx.TransportError:
                     pass
                 time.sleep(0.25)
-            started = time.monotonic() - t0
-            print(f"airflow api-server answered after {started:.1f} s")
-            yield ApiServer(url, passwords, base, started)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        except BaseException:
+            _stop(proc)
+            raise
+        if not port_taken(log_path.read_text(errors="replace")):
+            break
+        _stop(proc)
+    else:
+        raise RuntimeError(f"api-server found its port taken {BIND_ATTEMPTS} times:\n{log_path.read_text()[-2000:]}")
+    try:
+        started = time.monotonic() - t0
+        print(f"airflow api-server answered after {started:.1f} s")
+        yield ApiServer(url, passwords, base, started)
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
