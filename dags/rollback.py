@@ -24,6 +24,10 @@ Takes seconds on the local target, and never waits behind a release: it uses no 
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    # Never paused on arrival (deployments pause new DAGs by default, as `make up` does): an operator's
+    # rollback triggered on a fresh deployment would sit queued until someone unpaused it. The DAG
+    # has no schedule, so being unpaused never starts anything by itself.
+    is_paused_upon_creation=False,
     dagrun_timeout=pendulum.duration(minutes=30),
     tags=["mlops", "release"],
     # No pool a release uses: a rollback must never queue behind a release (one waiting for
