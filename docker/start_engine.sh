@@ -47,7 +47,7 @@ wait_for() { # name, command...
 }
 
 engine_up() { docker -H "unix://$SOCK" version --format '{{.Server.Version}}'; }
-registry_up() { curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/"; }
+registry_up() { curl -fsS --max-time 5 "http://127.0.0.1:$REGISTRY_PORT/v2/"; }
 
 if engine_up >/dev/null 2>&1; then
   echo "dockerd: already running"
@@ -62,6 +62,14 @@ fi
 if registry_up >/dev/null 2>&1; then
   echo "registry: already running on 127.0.0.1:$REGISTRY_PORT"
 else
+  # a port held by something that is not a registry would only time out after WAIT_S: name it now
+  owner=$(ss -Hltnp "sport = :$REGISTRY_PORT" 2>/dev/null || true)
+  if [[ -n $owner ]]; then
+    echo "start_engine.sh: 127.0.0.1:$REGISTRY_PORT is taken by something that is not an image registry:" >&2
+    echo "  $owner" >&2
+    echo "  stop it, or set MLOPS_REGISTRY_PORT and docker_default's extra.registry to another port" >&2
+    exit 1
+  fi
   echo "registry: starting on 127.0.0.1:$REGISTRY_PORT (log: $STATE/registry.log)"
   REGISTRY_HTTP_ADDR="127.0.0.1:$REGISTRY_PORT" \
   REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$STATE/registry" \
