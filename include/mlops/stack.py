@@ -51,6 +51,7 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 PG_PORT = int(os.environ.get("MLOPS_PG_PORT") or postgres.DEFAULT_PORT)
 SECRETS_FILE = RUNTIME_DIR / "secrets.json"
 PASSWORDS_FILE = RUNTIME_DIR / "ui-passwords.json"
+LEFTOVERS = RUNTIME_DIR / "leftover-groups.json"  # process groups of components that died, for `down`
 UI_USER = "admin"
 
 
@@ -519,6 +520,7 @@ def start_runtime(deadline_s: float = 240.0) -> float:
             if running[name] is not None:
                 continue
             pid_file, log = _component_files(name)
+            _keep_leftovers(name, pid_file)
             with log.open("ab") as out:
                 procs[name] = subprocess.Popen(
                     [str(VENV_BIN / "airflow"), name],
@@ -550,6 +552,26 @@ def start_runtime(deadline_s: float = 240.0) -> float:
     return took
 
 
+def _keep_leftovers(name: str, pid_file: Path) -> None:
+    """A component that died (kill -9, OOM) may leave children in its process group: a LocalExecutor
+    worker still running its task. They are left to finish it (the task reports through the
+    api-server), and their group is recorded so that `down` stops it with the rest."""
+    rec = _read_record(pid_file)
+    if rec is None or rec.alive() or not _group_alive(rec.pid):
+        return
+    groups = _leftover_groups()
+    groups[str(rec.pid)] = name
+    LEFTOVERS.write_text(json.dumps(groups))
+    print(f"airflow {name} (pid {rec.pid}) had died; its leftover processes (group {rec.pid}) are stopped by down")
+
+
+def _leftover_groups() -> dict[str, str]:
+    try:
+        return dict(json.loads(LEFTOVERS.read_text()))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
 def _wait_healthy(procs: dict[str, subprocess.Popen[bytes]], deadline: float) -> None:
     """Until the api-server answers and reports every component healthy; a component that exits fails the start."""
     want = ("metadatabase", "scheduler", "triggerer", "dag_processor")
@@ -573,6 +595,11 @@ def stop_runtime() -> None:
     """Stop each component by its own pid file (the scheduler first: it launches no more tasks), then the cluster."""
     for name in ("scheduler", "dag-processor", "triggerer", "api-server"):
         _stop(_component_files(name)[0], f"airflow {name}")
+    for pgid, name in _leftover_groups().items():
+        if _group_alive(int(pgid)):
+            _stop_group(int(pgid))
+            print(f"stopped the leftovers of a dead airflow {name} (group {pgid})")
+    LEFTOVERS.unlink(missing_ok=True)
     if cluster().stop():
         print("stopped postgresql")
 

@@ -1,0 +1,317 @@
+"""What only the real scheduler proves: the data-aware chain, deferral in the real triggerer, pools, max_active_runs.
+
+One runtime for the whole module (`stack up`, PostgreSQL, four Airflow processes, MLflow), started
+by the project's own command; every run is triggered through the REST API as the UI does it.
+The tests build on each other in file order: the chain makes v1 champion, the approval test
+releases a v2 against it, the form test releases again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from include.mlops.postgres import Cluster
+from tests.runtime.conftest import Runtime, stack
+
+pytestmark = [pytest.mark.runtime, pytest.mark.e2e, pytest.mark.slow]
+
+# what the release form posts for a quick canary on this machine (one analysed step, then approval)
+FAST_RELEASE = {
+    "steps_pct": [50, 100],
+    "interval_s": 2,
+    "min_requests": 5,
+    "max_extensions": 3,
+    "load_rps": 20,
+    "ready_timeout_s": 60,
+}
+
+
+def _ts(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _listening(port: int) -> set[str]:
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            addr, hex_port = cols[1].rsplit(":", 1)
+            if cols[3] == "0A" and int(hex_port, 16) == port:
+                out.add(addr)
+    return out
+
+
+def test_up_starts_each_component_on_loopback_with_a_generated_password(runtime: Runtime) -> None:
+    out = runtime.up_output
+    assert "password (shown once): " + runtime.password in out, out
+    pw_file = runtime.base / "local/runtime/ui-passwords.json"
+    assert pw_file.stat().st_mode & 0o777 == 0o600
+    assert (runtime.base / "local/runtime/secrets.json").stat().st_mode & 0o777 == 0o600
+    status = stack(runtime.env, "status", timeout_s=60).stdout  # reads each component's own pid file
+    for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        assert f"airflow {name}: up" in status, status
+    assert "airflow standalone: down" in status and f"postgresql 127.0.0.1:{runtime.pg_port}: up" in status, status
+    health = runtime.request("GET", "/api/v2/monitor/health", auth=False)
+    assert {k: v["status"] for k, v in health.items()} == {
+        "metadatabase": "healthy",
+        "scheduler": "healthy",
+        "triggerer": "healthy",
+        "dag_processor": "healthy",
+    }
+    ui_port, mlflow_port = int(runtime.ui_url.rsplit(":", 1)[1]), int(runtime.mlflow_uri.rsplit(":", 1)[1])
+    for port in (ui_port, runtime.pg_port, mlflow_port):
+        assert _listening(port) == {"0100007F"}, (port, _listening(port))  # 127.0.0.1 only
+    # the metadata DB is the cluster's PostgreSQL: the DAGs the dag-processor parsed are rows there
+    cluster = Cluster(runtime.base / "local/postgres", runtime.pg_port)
+    parsed = cluster.psql("SELECT dag_id FROM dag ORDER BY dag_id", database="airflow").split()
+    assert parsed == ["land_batch", "release", "retrain", "rollback"], parsed
+    with pytest.raises(AssertionError, match="-> 401"):  # conftest.ApiError
+        runtime.request("POST", "/auth/token", {"username": "admin", "password": "wrong"}, auth=False)
+    print(f"startup (stack up, fresh state folder): {runtime.startup_s:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def chain(runtime: Runtime) -> dict[str, Any]:
+    """Land a batch and let the scheduler do the rest: retrain by its Asset schedule, release by retrain's."""
+    runtime.unpause("land_batch", "retrain", "release")
+    # unpausing retrain fires its latest cron slot at once (catchup=False runs the most recent one);
+    # let that run end before the landing, so the chain's runs are the only ones in flight (a cron
+    # run that read the new batch would leave the asset-triggered run nothing new to train)
+    deadline = time.monotonic() + 60
+    while not runtime.runs("retrain") and time.monotonic() < deadline:
+        time.sleep(1.0)
+    for run in runtime.runs("retrain"):
+        assert run["run_type"] == "scheduled", run
+        runtime.wait_run("retrain", run["dag_run_id"], 300)
+    known_retrain = {r["dag_run_id"] for r in runtime.runs("retrain")}
+    t0 = time.monotonic()
+    landing = runtime.trigger("land_batch", {"rows": 3000, "seed": 11})
+    landed = runtime.wait_run("land_batch", landing["dag_run_id"], 300)
+    assert landed["state"] == "success", runtime.where("land_batch", landing["dag_run_id"])
+    retrain = runtime.wait_new_run("retrain", known_retrain, 120, run_type="asset_triggered")
+    retrain = runtime.wait_run("retrain", retrain["dag_run_id"], 900)
+    release = runtime.wait_new_run("release", set(), 300, run_type="asset_triggered")
+    release = runtime.wait_run("release", release["dag_run_id"], 600)
+    wall_s = time.monotonic() - t0
+    return {"landed": landed, "retrain": retrain, "release": release, "wall_s": wall_s}
+
+
+def _task_seconds(runtime: Runtime, dag_id: str, run_id: str) -> float:
+    return sum(float(ti.get("duration") or 0) for ti in runtime.tasks(dag_id, run_id).values())
+
+
+def test_a_landed_batch_is_retrained_gated_and_promoted_with_no_trigger_after_the_landing(
+    runtime: Runtime, chain: dict[str, Any]
+) -> None:
+    retrain, release = chain["retrain"], chain["release"]
+    assert retrain["run_type"] == "asset_triggered", retrain
+    assert retrain["state"] == "success", runtime.where("retrain", retrain["dag_run_id"])
+    tasks = runtime.tasks("retrain", retrain["dag_run_id"])
+    assert tasks["publish_challenger"]["state"] == "success"  # the gate passed and the event was emitted
+    assert release["run_type"] == "asset_triggered", release
+    assert release["state"] == "success", runtime.where("release", release["dag_run_id"])
+    assert runtime.tasks("release", release["dag_run_id"])["promote"]["state"] == "success"
+    state = runtime.serving_state()
+    assert state["canary"] is None and state["canary_weight_pct"] == 0
+    assert state["stable"]["version"] == "1" == runtime.champion()
+
+    landed_to_promoted = (_ts(release["end_date"]) - _ts(chain["landed"]["end_date"])).total_seconds()
+    busy = _task_seconds(runtime, "retrain", retrain["dag_run_id"]) + _task_seconds(
+        runtime, "release", release["dag_run_id"]
+    )
+    print(
+        f"\nlanding triggered -> promoted: {chain['wall_s']:.1f} s wall; "
+        f"landed -> promoted {landed_to_promoted:.1f} s, of which task time {busy:.1f} s "
+        f"and scheduling {landed_to_promoted - busy:.1f} s"
+    )
+
+
+def _second_version(runtime: Runtime) -> str:
+    """Retrain by hand on the landed batch with a gate it cannot pass: a new version, no release event."""
+    known = {r["dag_run_id"] for r in runtime.runs("release")}
+    run = runtime.trigger("retrain", {"retrain_identical": True, "gate_min_improvement": 0.5})
+    run = runtime.wait_run("retrain", run["dag_run_id"], 900)
+    assert run["state"] == "success", runtime.where("retrain", run["dag_run_id"])
+    assert runtime.tasks("retrain", run["dag_run_id"])["publish_challenger"]["state"] == "skipped"
+    assert {r["dag_run_id"] for r in runtime.runs("release")} == known  # a rejected version starts no release
+    from include.mlops.registry.mlflow_registry import MlflowRegistry
+
+    return MlflowRegistry(runtime.mlflow_uri).get_version(runtime.model_name, "2").version
+
+
+def test_a_rollback_runs_at_once_while_a_release_waits_for_approval_and_that_release_then_fails_cleanly(
+    runtime: Runtime, chain: dict[str, Any]
+) -> None:
+    version = _second_version(runtime)
+    conf = {
+        "model_name": runtime.model_name,
+        "version": version,
+        "require_approval": True,
+        "allow_gate_rejected": True,
+        **FAST_RELEASE,
+        # this test is about the wait, not the analysis: a loaded 2-core box must not fail the canary
+        "max_p99_latency_ratio": 10,
+        "max_prediction_drift": 1.0,
+    }
+    release = runtime.trigger("release", conf)
+    rid = release["dag_run_id"]
+    # Airflow 3.3 parks a human-in-the-loop task in AWAITING_INPUT (no trigger, no triggerer): the
+    # api-server's response handler or the scheduler's timeout sweep resumes it
+    approve = runtime.wait_task("release", rid, "approve", {"awaiting_input"}, 600)
+    assert approve["pool"] == "default_pool", approve
+    canary = runtime.serving_state()["canary"]
+    assert canary is not None and canary["version"] == version
+
+    t0 = time.monotonic()
+    rollback = runtime.trigger("rollback", {"model_name": runtime.model_name, "version": "1"})
+    rollback = runtime.wait_run("rollback", rollback["dag_run_id"], 180)
+    rollback_s = time.monotonic() - t0
+    print(f"\nrollback while a release awaits approval: {rollback_s:.1f} s from trigger to success")
+    assert rollback["state"] == "success", runtime.where("rollback", rollback["dag_run_id"])
+    assert rollback_s < 60, f"the rollback took {rollback_s:.0f} s: it waited for something"
+    assert runtime.tasks("release", rid)["approve"]["state"] == "awaiting_input"  # the release still waits
+    state = runtime.serving_state()
+    assert state["canary"] is None and state["stable"]["version"] == "1"
+
+    # the approver answers after the operator's rollback: the release must not put v2 back
+    q = urllib.parse.quote(rid, safe="")
+    runtime.request(
+        "PATCH",
+        f"/api/v2/dags/release/dagRuns/{q}/taskInstances/approve/-1/hitlDetails",
+        {"chosen_options": ["Approve"], "params_input": {}},
+    )
+    done = runtime.wait_run("release", rid, 300)
+    tasks = runtime.tasks("release", rid)
+    assert done["state"] == "failed", runtime.where("release", rid)
+    assert tasks["approve"]["state"] == "success" and tasks["promote"]["state"] == "failed", runtime.where(
+        "release", rid
+    )
+    state = runtime.serving_state()
+    assert state["canary"] is None and state["canary_weight_pct"] == 0
+    assert state["stable"]["version"] == "1" == runtime.champion()
+
+
+def test_a_second_release_from_the_form_within_a_second_waits_queued_then_runs(
+    runtime: Runtime, chain: dict[str, Any]
+) -> None:
+    conf = {"model_name": runtime.model_name, "version": "1", "dry_run": True, **FAST_RELEASE}
+    first = runtime.trigger("release", conf)
+    t0 = time.monotonic()
+    second = runtime.trigger("release", conf)
+    assert time.monotonic() - t0 < 1.0
+    assert first["dag_run_id"] != second["dag_run_id"]
+    # max_active_runs=1: the second is accepted and queued while the first runs
+    seen = set()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        a = runtime.run("release", first["dag_run_id"])
+        b = runtime.run("release", second["dag_run_id"])
+        seen.add((a["state"], b["state"]))
+        if a["state"] in {"success", "failed"}:
+            break
+        time.sleep(0.5)
+    assert ("running", "queued") in seen, seen
+    assert ("running", "running") not in seen, seen
+    a = runtime.wait_run("release", first["dag_run_id"], 300)
+    b = runtime.wait_run("release", second["dag_run_id"], 300)
+    assert a["state"] == b["state"] == "success", (runtime.where("release", a["dag_run_id"]), b)
+    assert _ts(b["start_date"]) >= _ts(a["end_date"]), (a, b)
+    print(
+        f"\nsecond release queued {(_ts(b['start_date']) - _ts(b['queued_at'])).total_seconds():.1f} s, "
+        "started after the first ended"
+    )
+
+
+def test_a_scheduler_killed_mid_release_is_restarted_by_up_and_serving_ends_in_one_consistent_state(
+    runtime: Runtime, chain: dict[str, Any]
+) -> None:
+    from include.mlops.deploy.local import LocalProcessTarget
+
+    conf = {
+        "model_name": runtime.model_name,
+        "version": "2",
+        "allow_gate_rejected": True,
+        **FAST_RELEASE,
+        "steps_pct": [25, 50, 100],
+        "interval_s": 3,
+        "max_p99_latency_ratio": 10,
+        "max_prediction_drift": 1.0,
+    }
+    rid = runtime.trigger("release", conf)["dag_run_id"]
+    runtime.wait_task("release", rid, "analyse", {"running"}, 600)  # the canary is up, between steps
+    pid_file = runtime.base / "local/runtime/scheduler.pid"
+    killed = json.loads(pid_file.read_text())["pid"]
+    os.kill(killed, signal.SIGKILL)
+    t0 = time.monotonic()
+    up = stack(runtime.env, "up", timeout_s=400)  # the project's command starts what is not running
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
+    restarted_s = time.monotonic() - t0
+    assert "password (shown once)" not in up.stdout  # printed by the first `up` only
+    assert json.loads(pid_file.read_text())["pid"] != killed
+    done = runtime.wait_run("release", rid, 600)
+    where = runtime.where("release", rid)
+    print(f"\nscheduler kill -9 mid-analysis: up restarted it in {restarted_s:.1f} s; release {done['state']}: {where}")
+    assert done["state"] in {"success", "failed"}, where
+    state = runtime.serving_state()
+    assert state["canary"] is None and state["canary_weight_pct"] == 0, state
+    assert state["stable"]["version"] == runtime.champion(), (state["stable"], runtime.champion())
+    if done["state"] == "success":
+        assert state["stable"]["version"] == "2", where
+    health = LocalProcessTarget(runtime.serving_root / runtime.model_name, python_executable=sys.executable).health()
+    assert (health.stable, health.router, health.canary) == (True, True, None), health  # no orphan canary
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _started_processes(runtime: Runtime) -> set[tuple[int, str]]:
+    """(pid, start time) of everything the runtime runs: each component's process group (setproctitle
+    rewrites an Airflow process's environ, so the environment marker alone would miss them), the
+    postmaster and its children, MLflow's group, the serving processes, and whatever carries the
+    state folder in its environment."""
+    local = runtime.base / "local"
+    groups = {json.loads(f.read_text())["pid"] for f in (local / "runtime").glob("*.pid")}
+    leftovers = local / "runtime/leftover-groups.json"  # of a component that died (the killed scheduler)
+    groups |= {int(g) for g in (json.loads(leftovers.read_text()) if leftovers.exists() else {})}
+    groups.add(json.loads((local / "mlflow/server.pid").read_text())["pid"])
+    postmaster = int((local / "postgres/data/postmaster.pid").read_text().split()[0])
+    marker = f"MLOPS_LOCAL_DIR={local}".encode()
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or (st := _stat(int(proc.name))) is None or st[0] == "Z":
+            continue
+        try:
+            ours = marker in (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            ours = False
+        if ours or int(st[2]) in groups or int(proc.name) == postmaster or int(st[1]) == postmaster:
+            found.add((int(proc.name), st[19]))
+    return found
+
+
+def test_down_stops_every_process_it_started(runtime: Runtime) -> None:
+    before = _started_processes(runtime)
+    assert len(before) >= 8, before  # four components, their children, postgres, mlflow
+    down = stack(runtime.env, "down", timeout_s=300)
+    assert down.returncode == 0, down.stderr
+    for name in ("scheduler", "dag-processor", "triggerer", "api-server"):
+        assert f"stopped airflow {name}" in down.stdout, down.stdout
+    assert "stopped postgresql" in down.stdout and "stopped mlflow server" in down.stdout
+    # a zombie is gone (this sandbox's pid 1 may never reap what was reparented to it)
+    still = [pid for pid, ticks in before if (st := _stat(pid)) and st[19] == ticks and st[0] != "Z"]
+    assert still == [], [Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in still]
+    assert not os.path.exists(runtime.base / "local/postgres/data/postmaster.pid")
