@@ -107,54 +107,55 @@ def wait_own_http(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeo
     raise TimeoutError(f"{url} did not answer within {timeout_s} s:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow tracking server (SQLite store, served artifacts) on a free loopback port; MLflow
-    cannot take a bound socket, so a port another process took first means a retry on a new one."""
+def start_mlflow(base: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A real MLflow tracking server (SQLite store and served artifacts under `base`) on a free
+    loopback port: (process, uri). MLflow cannot take a bound socket, so a port another process
+    took first means starting it again on a new one."""
     from tests.ports import BIND_ATTEMPTS
 
-    base = tmp_path_factory.mktemp("mlflow")
     log_path = base / "server.log"
     for _attempt in range(BIND_ATTEMPTS):
         port = free_port()
-        log = log_path.open("wb")
-        proc = subprocess.Popen(
-            [
-                str(VENV_BIN / "mlflow"),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--backend-store-uri",
-                f"sqlite:///{base / 'mlflow.db'}",
-                "--artifacts-destination",
-                (base / "artifacts").as_uri(),
-                "--workers",
-                "1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [
+                    str(VENV_BIN / "mlflow"),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--backend-store-uri",
+                    f"sqlite:///{base / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    (base / "artifacts").as_uri(),
+                    "--workers",
+                    "1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         uri = f"http://127.0.0.1:{port}"
         try:
             up = wait_own_http(proc, f"{uri}/health", log_path, 120)
         except BaseException:
             stop_group(proc)
-            log.close()
             raise
         if up:
-            break
+            return proc, uri
         stop_group(proc)
-        log.close()
-    else:
-        raise RuntimeError(f"MLflow found its port taken {BIND_ATTEMPTS} times:\n{log_path.read_text()[-2000:]}")
+    raise RuntimeError(f"MLflow found its port taken {BIND_ATTEMPTS} times:\n{log_path.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One MLflow tracking server for the session (start_mlflow)."""
+    proc, uri = start_mlflow(tmp_path_factory.mktemp("mlflow"))
     try:
         yield uri
     finally:
         stop_group(proc)
-        log.close()
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:

@@ -24,7 +24,7 @@ from include.mlops.data.generate import write_batch
 from include.mlops.errors import RegistryUnavailable
 from include.mlops.registry.mlflow_registry import CHAMPION, RUN_KEY_TAG, MlflowRegistry, TrainingRecord
 from include.mlops.settings.project import ProjectSettings
-from tests.conftest import VENV_BIN, free_port, wait_http
+from tests.conftest import start_mlflow
 from tests.model_fixtures import build_logistic_model
 
 pytestmark = pytest.mark.slow
@@ -44,35 +44,13 @@ class OwnMlflow:
 
 @pytest.fixture
 def own_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnMlflow]:
-    base = tmp_path_factory.mktemp("own-mlflow")
-    port = free_port()
-    with (base / "server.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(VENV_BIN / "mlflow"),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--backend-store-uri",
-                f"sqlite:///{base / 'mlflow.db'}",
-                "--artifacts-destination",
-                (base / "artifacts").as_uri(),
-                "--workers",
-                "1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        server = OwnMlflow(f"http://127.0.0.1:{port}", proc)
-        try:
-            wait_http(f"{server.uri}/health", 120)
-            yield server
-        finally:
-            if proc.poll() is None:
-                server.kill()
+    proc, uri = start_mlflow(tmp_path_factory.mktemp("own-mlflow"))
+    server = OwnMlflow(uri, proc)
+    try:
+        yield server
+    finally:
+        if proc.poll() is None:
+            server.kill()
 
 
 def _settings(tmp_path: Path, uri: str, model: str) -> ProjectSettings:
