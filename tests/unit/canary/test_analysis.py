@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats  # noqa: F401 -- loaded at collection, not again in each mutant's fork
 
 from include.mlops.canary.analysis import (
     CanaryThresholds,
@@ -570,3 +571,113 @@ def test_threshold_defaults():
         30,
     )
     assert (th.alpha, th.latency_tail_quantile, th.max_slow_share_excess) == (0.01, 0.95, 0.01)
+
+
+def _fisher_greater(a: int, n1: int, c: int, n2: int) -> float:
+    """One-sided Fisher p by hand: P(X >= a), X hypergeometric (a + c slow or failed among n1 + n2, n1 drawn)."""
+    import math
+
+    k, n = a + c, n1 + n2
+    return sum(math.comb(k, x) * math.comb(n - k, n1 - x) for x in range(a, min(k, n1) + 1)) / math.comb(n, n1)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # (errors canary, n canary, errors stable, n stable): the one expected cell below 5 decides Fisher
+        (2, 20, 18, 200),  # the canary's errors: 20 x 20 / 220 = 1.8
+        (18, 200, 2, 20),  # the stable's errors
+        (18, 20, 182, 200),  # the canary's successes: 20 x 20 / 220 = 1.8
+        (182, 200, 18, 20),  # the stable's successes
+    ],
+)
+def test_fisher_is_used_when_any_one_expected_cell_is_below_five(case: tuple[int, int, int, int]) -> None:
+    assert error_rate_p_value(*case) == pytest.approx(_fisher_greater(*case), rel=1e-9)
+
+
+def test_samples_with_fewer_predictions_than_statuses_count_what_pairs() -> None:
+    # a server may omit trailing predictions: zip pairs what there is, never raises
+    s = Samples(status=(200, 200, 300), mean_prediction=(None,))
+    assert s.n_errors == 1 and s.predictions == []
+    # a 3xx without a prediction is not an error (only 2xx must carry one)
+    assert Samples(status=(300, 301), mean_prediction=(None, None)).n_errors == 0
+
+
+def test_empty_sides_are_inconclusive_with_zero_rates_and_no_percentiles() -> None:
+    a = analyse_canary_step(Samples(), Samples(), TH)
+    assert a.verdict == "inconclusive" and a.n_stable == 0 and a.n_canary == 0
+    assert a.error_rate_stable == 0.0 and a.error_rate_canary == 0.0
+    assert a.latency_p50_stable_ms is None and a.latency_p99_canary_ms is None
+
+
+def test_a_sub_millisecond_stable_still_gives_a_finite_ratio() -> None:
+    a = analyse_canary_step(_side([0.5] * 40), _side([1.0] * 40), MEDIAN_ONLY)
+    assert a.extra["p99_latency_ratio"] == 2.0 and a.extra["p50_latency_ratio"] == 2.0
+
+
+def test_slow_share_counts_by_hand() -> None:
+    from include.mlops.canary.analysis import slow_share_p_value
+
+    stable = [float(v) for v in range(100, 300)]
+    # one slow canary request: all of the single slow one on the canary's side, p = 200/400
+    assert slow_share_p_value(stable, _with_slow(stable, 1), 0.95, 1.5)[:3] == (pytest.approx(0.5), 1, 0)
+    # slow on both sides: 3 of 200 against 2 of 200
+    p, k_c, k_s, _ = slow_share_p_value(_with_slow(stable, 2), _with_slow(stable, 3), 0.95, 1.5)
+    assert (k_c, k_s) == (3, 2) and p == pytest.approx(_fisher_greater(3, 200, 2, 200))
+    # a stable request exactly at the threshold is not slow: 1..10 at q 0.5, factor 1: m = 5, the 5th value
+    p, k_c, k_s, thr = slow_share_p_value([float(v) for v in range(1, 11)], [5.0, 6.0], 0.5, 1.0)
+    assert thr == 5.0 and (k_c, k_s) == (1, 5)
+    # 2 and 3 requests at q 0.5: m = round(1.0) = 1 and round(1.5) = 2, each the 1st value
+    assert slow_share_p_value([1.0, 2.0], [1.0], 0.5, 1.0)[3] == 1.0
+    assert slow_share_p_value([1.0, 2.0, 3.0], [1.0], 0.5, 1.0)[3] == 1.0
+
+
+def test_the_drift_check_that_cannot_run_reports_no_statistic_and_names_only_the_short_side() -> None:
+    # stable: 40 requests, 10 answered 422: exactly 30 predictions, enough; the canary 24 of 50: too few
+    verdict, a = _verdict_with(_with_4xx(40, 10), _with_4xx(50, 26))
+    assert verdict == "fail"
+    assert a.reasons == (
+        "prediction drift check cannot run: canary answered 50 requests but only 24 usable predictions (need 30)",
+    )
+    assert a.prediction_drift_ks is None and a.prediction_drift_p_value is None
+
+
+def _failing_case(rule: str) -> tuple[Samples, Samples, CanaryThresholds]:
+    stable = [float(v) for v in range(100, 300)]
+    if rule == "error_rate":
+        return _side(_flat(100)), _side(_flat(100), errors=3), TH
+    if rule == "latency_median":
+        return _side(stable), _side([1.5 * v + 1 for v in stable]), MEDIAN_ONLY
+    if rule == "latency_tail":
+        return _side(stable), _side(_with_slow(stable, 3)), TH
+    return (*_drift(32, 8.5), DRIFT_TH)
+
+
+@pytest.mark.parametrize("rule", ["error_rate", "latency_median", "latency_tail", "prediction_drift"])
+def test_a_p_value_exactly_at_alpha_is_not_significant_just_below_it_is(rule: str) -> None:
+    # each case is beyond its threshold; alpha set to the case's own p-value: not significant (p < alpha
+    # is the rule), then alpha one float above it: significant, and the step fails
+    import math
+    from dataclasses import replace
+
+    stable, canary, th = _failing_case(rule)
+    a = analyse_canary_step(stable, canary, replace(th, alpha=0.5))
+    p = {
+        "error_rate": a.error_p_value,
+        "latency_median": a.latency_p_value,
+        "latency_tail": a.latency_tail_p_value,
+        "prediction_drift": a.prediction_drift_p_value,
+    }[rule]
+    assert p is not None and 0 < p < 0.5
+    assert analyse_canary_step(stable, canary, replace(th, alpha=p)).verdict == "pass"
+    failed = analyse_canary_step(stable, canary, replace(th, alpha=math.nextafter(p, 1.0)))
+    assert failed.verdict == "fail" and len(failed.reasons) == 1
+
+
+def test_several_thresholds_out_of_range_are_all_named() -> None:
+    with pytest.raises(InvalidThresholds) as exc:
+        CanaryThresholds(max_error_rate=2.0, alpha=1.5)
+    assert str(exc.value) == (
+        "canary thresholds out of range: max_error_rate=2.0, alpha=1.5 (error rate in [0,1], latency ratio >= 1, "
+        "drift in (0,1], min_requests >= 1, alpha in (0,1), tail quantile in [0.5,1), slow share excess in [0,1))"
+    )

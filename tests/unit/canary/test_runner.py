@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import scipy.stats  # noqa: F401 -- loaded at collection, not again in each mutant's fork
 
 from include.mlops.canary.analysis import CanaryThresholds, Samples
 from include.mlops.canary.runner import CanaryOutcome, HttpSampleSource, ProbeError, run_canary
@@ -50,6 +51,8 @@ class Clock:
     at_tick: dict[int, Callable[[], None]] = field(default_factory=dict)
 
     def __call__(self, s: float) -> None:
+        # no scenario here needs 1,000 ticks: a loop that never ends fails at once instead of spinning
+        assert len(self.slept) < 1_000, "the runner is still sleeping after 1,000 ticks"
         self.slept.append(s)
         action = self.at_tick.get(len(self.slept))
         if action is not None:

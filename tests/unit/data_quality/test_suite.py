@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import great_expectations  # noqa: F401 -- loaded at collection, not again in each mutant's fork
 import pandas as pd
 import pytest
 import yaml
