@@ -15,28 +15,39 @@ import pytest
 
 from include.mlops.deploy.local import free_port
 from tests.model_fixtures import build_faulty_model, build_logistic_model, build_unloadable_model, sample_records
+from tests.ports import BIND_ATTEMPTS, port_taken
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = sample_records(5, seed=3)
 
 
 def start_server(model: Path, version: str = "7") -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "include.mlops.serving.server", "--model", str(model), "--port", str(port),
-         "--model-name", "fraud", "--model-version", version, "--image-digest", "sha256:abc"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/health/live", timeout=1)
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    """The model server on a free port: started again on a new one when its log says the port was
+    taken, and an answer counts only while our server runs (tests/ports.py)."""
+    log_path = model.parent / f"server-{model.stem}-{version}.log"
+    for _attempt in range(BIND_ATTEMPTS):
+        port = free_port()
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "include.mlops.serving.server", "--model", str(model), "--port", str(port),
+                 "--model-name", "fraud", "--model-version", version, "--image-digest", "sha256:abc"],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not port_taken(log_path.read_text(errors="replace")):
+            assert proc.poll() is None, f"server exited {proc.returncode}:\n{log_path.read_text()[-2000:]}"
+            try:
+                httpx.get(f"{url}/health/live", timeout=1)
+                if proc.poll() is None:
+                    return proc, url
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        proc.kill()
+        proc.wait(10)
+        if not port_taken(log_path.read_text(errors="replace")):
+            raise RuntimeError(f"server did not start:\n{log_path.read_text()[-2000:]}")
+    raise RuntimeError(f"the model server found its port taken {BIND_ATTEMPTS} times")
 
 
 def wait_ready(url: str, timeout_s: float = 20) -> int:
