@@ -13,6 +13,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,12 +186,14 @@ def test_each_interval_has_four_early_checks_and_one_full_analysis() -> None:
     target = MemoryTarget()
     clock = Clock()
     source = ScriptedSource(clock, always(GOOD, GOOD))
+    before = time.time()
     run_canary(target, steps_pct=(10,), interval_s=5.0, thresholds=TH, sample_source=source, sleep=clock)
     assert [(name, tick) for name, tick, _ in source.fetches] == [
         (name, tick) for tick in (1, 2, 3, 4, 5) for name in ("stable", "canary")
     ]
     # every fetch asks for the samples since the step started
     assert len({since for _, _, since in source.fetches}) == 1
+    assert isinstance(source.fetches[0][2], float) and source.fetches[0][2] >= before
 
 
 def test_liveness_is_checked_about_every_second_within_a_tick() -> None:
@@ -207,7 +210,7 @@ def test_liveness_is_checked_about_every_second_within_a_tick() -> None:
 def test_a_failing_canary_is_rolled_back_at_the_first_early_check() -> None:
     target, seen = MemoryTarget(), []
     out, clock = run(target, always(GOOD, BAD), on_step=seen.append)
-    assert not out.passed and out.rolled_back and out.final_canary_weight_pct == 0
+    assert out.passed is False and out.rolled_back and out.final_canary_weight_pct == 0
     assert out.reason.startswith("step 0 at 10 % (early check): canary error rate 50.0% > max 2.0%")
     assert target.rollbacks == [out.reason] and target.weights == [10]
     assert clock.ticks == 1  # one tick, not the whole interval
@@ -233,7 +236,7 @@ def test_a_failure_in_a_later_step_names_that_step() -> None:
 def test_without_rollback_on_failure_the_canary_keeps_its_weight() -> None:
     target = MemoryTarget()
     out, _ = run(target, always(GOOD, BAD), rollback_on_failure=False)
-    assert not out.passed and not out.rolled_back and out.final_canary_weight_pct == 10
+    assert out.passed is False and not out.rolled_back and out.final_canary_weight_pct == 10
     assert target.rollbacks == [] and target.canary == CANARY
 
 
@@ -328,7 +331,7 @@ def test_a_canary_that_disappears_from_the_target_fails_the_analysis() -> None:
     clock = Clock()
     clock.at_tick[2] = lambda: setattr(target, "canary", None)
     out, _ = run(target, always(GOOD, GOOD), clock=clock)
-    assert not out.passed
+    assert out.passed is False
     assert out.reason == "canary or stable disappeared from the target during analysis"
     assert clock.ticks == 2  # the early check noticed, the interval was not slept out
     assert out.rolled_back and target.rollbacks == [out.reason] and out.steps == ()
@@ -380,6 +383,8 @@ def test_a_dead_stable_or_router_is_restored_and_the_canary_goes_on(dead: tuple[
     assert len(time_of_day) == 8 and time_of_day[2] == time_of_day[5] == ":"
     assert rest.startswith(f"{named} died during the analysis; restored in ")
     assert rest.endswith(f" s: {', '.join(dead)}")
+    took = float(rest.split("restored in ", 1)[1].split(" s: ", 1)[0])
+    assert 0 <= took < 5  # the in-memory restore is instant
 
 
 def test_a_restore_that_finds_nothing_to_do_says_so() -> None:
@@ -536,3 +541,99 @@ def test_http_source_answers_the_source_protocol_to_json_round_trip() -> None:
     # what a server's /samples returns is what Samples.from_json reads
     d = {"status": [200, 503], "latency_ms": [1.0, 2.0], "mean_prediction": [0.1, None], "ts": [0.0, 1.0]}
     assert Samples.from_json(json.loads(json.dumps(d))).n_errors == 1
+
+
+def test_the_restore_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    target = MemoryTarget()
+    clock = Clock()
+    clock.at_tick[1] = lambda: target.alive.update(router=False)
+    with caplog.at_level("WARNING", logger="include.mlops.canary.runner"):
+        out, _ = run(target, always(GOOD, GOOD), clock=clock, steps_pct=(10,))
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == list(out.incidents)
+
+
+TWO_FAULTS = Samples(
+    ts=GOOD.ts,
+    latency_ms=tuple(10 * v for v in GOOD.latency_ms),  # 10x slower: the median rule fails too
+    status=BAD.status,
+    mean_prediction=BAD.mean_prediction,
+)
+
+
+def test_every_reason_of_a_failed_step_is_given_joined_by_semicolons() -> None:
+    out, _ = run(MemoryTarget(), always(GOOD, TWO_FAULTS))
+    head, reasons = out.reason.split(": ", 1)
+    assert head == "step 0 at 10 % (early check)"
+    assert reasons == "; ".join(out.steps[0].reasons) and len(out.steps[0].reasons) >= 2
+    # the same at the full-interval analysis
+    out, _ = run(MemoryTarget(), lambda name, tick, full: (TWO_FAULTS if name == "canary" else GOOD) if full else FEW)
+    assert out.reason == "step 0 at 10 %: " + "; ".join(out.steps[0].reasons)
+    assert out.passed is False
+
+
+def test_an_early_failure_in_an_extension_records_the_extension() -> None:
+    # the first interval is short of traffic; in the extension the first early check (tick 6) fails
+    out, clock = run(MemoryTarget(), lambda name, tick, full: FEW if tick <= 5 else (BAD if name == "canary" else GOOD))
+    assert [(s.step_index, s.extension, s.verdict) for s in out.steps] == [(0, 0, "inconclusive"), (0, 1, "fail")]
+    assert clock.ticks == 6
+
+
+def test_a_successful_probe_resets_the_count_of_consecutive_probe_errors() -> None:
+    # step 0, failure_limit 3: error (tick 5), too little traffic (10: extended), error (15), error (20),
+    # pass (25): never 3 in a row
+    def script(name: str, tick: int, full: bool) -> Samples:
+        if full and tick in (5, 15, 20):
+            raise probe_error(name)
+        return FEW if tick <= 10 else GOOD
+
+    out, _ = run(MemoryTarget(), script, steps_pct=(10,), failure_limit=3, max_extensions=1)
+    assert out.passed and out.probe_errors == 3
+
+
+def test_the_loop_defaults_interval_30_s_two_extensions_three_probe_errors() -> None:
+    def run_defaults(script: Script) -> tuple[CanaryOutcome, Clock]:
+        clock = Clock()
+        return run_canary(
+            MemoryTarget(), steps_pct=(10,), thresholds=TH, sample_source=ScriptedSource(clock, script, 30), sleep=clock
+        ), clock
+
+    out, clock = run_defaults(always(GOOD, GOOD))
+    assert out.passed and clock.slept == [1.0] * 30  # 5 ticks of 6 s, each 6 beats of 1 s
+    out, clock = run_defaults(always(FEW, FEW))
+    assert len(out.steps) == 3 and out.reason.startswith("not enough traffic to judge at 10 % after 2 extensions")
+
+    def down(name: str, tick: int, full: bool) -> Samples:
+        raise probe_error(name)
+
+    out, clock = run_defaults(down)
+    assert out.probe_errors == 3 and out.reason.startswith("3 consecutive probe errors")
+
+
+def test_http_source_gives_up_on_a_server_that_hangs_after_its_timeout() -> None:
+    # a server that accepts and never answers in time: a probe error after timeout_s, not a hang
+    release = threading.Event()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            release.wait(3.0)
+            body = b'{"status": []}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(ProbeError, match=rf"^cannot read samples of canary v2 at {url}: "):
+            HttpSampleSource(timeout_s=0.3).fetch(_backend(url), 0.0)
+        assert time.monotonic() - t0 < 2.5
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
