@@ -681,3 +681,20 @@ def test_several_thresholds_out_of_range_are_all_named() -> None:
         "canary thresholds out of range: max_error_rate=2.0, alpha=1.5 (error rate in [0,1], latency ratio >= 1, "
         "drift in (0,1], min_requests >= 1, alpha in (0,1), tail quantile in [0.5,1), slow share excess in [0,1))"
     )
+
+
+def test_a_significantly_faster_canary_has_a_one_sided_latency_p_value_near_one() -> None:
+    # the test asks "is the canary slower?": a canary at half the stable's latency gives no evidence
+    stable = [float(v) for v in range(100, 300)]
+    a = analyse_canary_step(_side(stable), _side([v / 2 for v in stable]), TH)
+    assert a.latency_p_value is not None and a.latency_p_value > 0.99
+    assert a.verdict == "pass", a.reasons
+
+
+def test_a_side_with_exactly_min_requests_predictions_is_not_named_as_short() -> None:
+    # stable: 30 predictions of 40 (enough); canary: 25 of 50 (too few, half: extend): only the canary is named
+    verdict, a = _verdict_with(_with_4xx(40, 10), _with_4xx(50, 25))
+    assert verdict == "inconclusive"
+    assert a.reasons == (
+        "prediction drift check cannot run: canary answered 50 requests but only 25 usable predictions (need 30)",
+    )

@@ -652,3 +652,43 @@ def test_event_time_expectation_or_the_problem_of_an_impossible_batch_date(tmp_p
     )
     assert exps == [] and problem is not None
     assert problem.startswith("the batch's date 2024-03-10 cannot hold its events: event time must fall on the batch's")
+
+
+@pytest.mark.parametrize(
+    ("section", "where"),
+    [
+        ({"ranges": ["x"]}, "ranges"),
+        ({"value_sets": ["x"]}, "value_sets"),
+        ({"reference_checks": ["x"]}, "reference_checks"),
+        ({"reference_checks": {"numeric": ["x"]}}, "reference_checks.numeric"),
+        ({"reference_checks": {"categorical": ["x"]}}, "reference_checks.categorical"),
+    ],
+)
+def test_a_section_that_is_not_a_mapping_is_named(tmp_path: Path, section: dict[str, Any], where: str) -> None:
+    refused(tmp_path, f"{where}: expected a mapping, got list ['x']", **section)
+
+
+def test_a_negative_positive_share_minimum_is_named(tmp_path: Path) -> None:
+    refused(
+        tmp_path,
+        "label.positive_share.min: must be >= 0, got -0.1",
+        label={"column": "flag", "positive_share": {"min": -0.1, "max": 0.5}},
+    )
+
+
+def test_extra_expectation_kwargs_rejected_by_gx_name_each_field(tmp_path: Path) -> None:
+    # no kwargs at all: every required field is named, joined by "; "
+    with pytest.raises(SuiteError) as exc:
+        built(tmp_path, expectations=[{"type": "ExpectColumnQuantileValuesToBeBetween"}])
+    assert str(exc.value) == (
+        "expectations[0].kwargs: ExpectColumnQuantileValuesToBeBetween rejects its kwargs: "
+        "column: field required; quantile_ranges: field required"
+    )
+
+
+def test_quantile_bounds_take_the_nearest_reference_value_not_an_interpolation(tmp_path: Path) -> None:
+    # 10, 20, 30, 40 at q 0.4: position 0.4 x 3 = 1.2, nearest is the 2nd value, 20 (linear would be 23)
+    ref = pd.DataFrame({"x": [40.0, 10.0, 30.0, 20.0]})
+    got = built(tmp_path, ref, reference_checks={"numeric": {"x": {"quantiles": [0.4]}}})
+    (q,) = got["expect_column_quantile_values_to_be_between_json_safe"]
+    assert q.quantile_ranges["value_ranges"] == [[20.0, 20.0]]  # tolerances default to 0
