@@ -252,6 +252,7 @@ def test_too_little_traffic_extends_the_step_up_to_max_extensions_then_fails() -
         (0, 1, "inconclusive"),
         (0, 2, "inconclusive"),
     ]
+    assert out.passed is False
     assert clock.ticks == 15 and out.rolled_back
 
 
@@ -286,6 +287,7 @@ def test_consecutive_probe_errors_up_to_the_limit_fail_the_canary() -> None:
     out, clock = run(target, script, failure_limit=3)
     # early-check probe errors are not counted, the 3 full-interval ones are
     assert out.reason == "3 consecutive probe errors; last: cannot read samples of stable: connection refused"
+    assert out.passed is False
     assert out.probe_errors == 3 and out.steps == () and clock.ticks == 15
     assert out.rolled_back and target.rollbacks == [out.reason]
 
@@ -352,6 +354,7 @@ def test_a_dead_canary_fails_the_canary_at_once_naming_it() -> None:
     clock.at_tick[8] = lambda: target.alive.update(canary=False)
     out, _ = run(target, always(GOOD, GOOD), clock=clock)
     assert out.reason == "step 1 at 25 %: canary v2 (pid 4242) died: its process is not running"
+    assert out.passed is False
     assert clock.ticks == 8 and out.rolled_back and target.rollbacks == [out.reason]
     assert len(out.steps) == 1  # step 0 passed, step 1 never analysed
 
