@@ -143,20 +143,34 @@ def test_a_challenger_short_of_the_required_improvement_is_rejected(deployment: 
 
 
 def test_training_waits_for_capacity_without_holding_a_worker_then_runs(deployment: Deployment) -> None:
-    """Another task holds every local CPU for 20 s: `route` is rescheduled (no retry spent, no worker
-    slot held while waiting) and places training once the claim has expired."""
+    """Another task holds every local CPU: `route` is rescheduled (no retry spent, no worker slot
+    held while waiting) and places training once that claim is released.
+
+    The claim is released when the run has been seen waiting, not after a fixed TTL: on a loaded
+    machine validation alone outlasted a 20 s claim, and `route` then never had to wait."""
+    import time
+
+    from include.mlops.dag_test import read_run
     from include.mlops.routing.providers.local import LocalMachineProvider
     from include.mlops.routing.reservations import ReservationBook
 
     node = LocalMachineProvider().snapshot().nodes[0]
-    book = ReservationBook(deployment.base / "router" / "book.sqlite", ttl_s=20)
+    book = ReservationBook(deployment.base / "router" / "book.sqlite", ttl_s=600)
     with book.transaction() as txn:
         txn.reserve("other-dag/run/train", Claim(node.name, cpu_millicores=node.cpu_allocatable_millicores))
     batch = deployment.write_batch("2026-11-30", n_rows=6_000, seed=15)
-    run = deployment.dags_test(
+    running = deployment.start_dags_test(
         "retrain",
-        {"batch_path": str(batch), "epochs": 1, "resources": {"gpu_count": 1, "cpu_fallback": True, "max_wait_s": 60}},
+        {"batch_path": str(batch), "epochs": 1, "resources": {"gpu_count": 1, "cpu_fallback": True, "max_wait_s": 120}},
     )
+    deadline = time.monotonic() + 300
+    waited = False
+    while not waited and time.monotonic() < deadline and running.proc.poll() is None:
+        run_id = running.run_id
+        waited = run_id is not None and read_run(deployment.airflow_db, "retrain", run_id)[2].get("route", 0) >= 1
+        time.sleep(0.5)
+    assert book.release("other-dag/run/train") == 1
+    run = running.wait()
 
     assert run.state == "success", run.explain()
     assert run.reschedules.get("route", 0) >= 1, (run.reschedules, run.explain())
