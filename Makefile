@@ -7,6 +7,10 @@ export PYTHONPATH := $(CURDIR)
 export NO_PROXY := 127.0.0.1,localhost
 export no_proxy := 127.0.0.1,localhost
 
+# test files run two at a time (pytest-xdist): most of the e2e time is spent waiting on servers and
+# the scheduler; a file stays on one worker, since its tests share module fixtures and build on each other
+TEST_WORKERS ?= 2
+
 .PHONY: run test lint typecheck unit ui up down settings bench services clean mutation
 
 $(VENV)/.installed: requirements.txt
@@ -65,7 +69,7 @@ typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy
 
 test: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed services lint typecheck
-	$(VENV)/bin/pytest -q --durations=12
+	$(VENV)/bin/pytest -q --durations=12 -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed
 	for b in bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done

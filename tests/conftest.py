@@ -39,11 +39,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The throwaway Airflow home goes with the session (pytest's own tmp_path keeps its last 3)."""
+    """The throwaway Airflow home goes with the session (pytest's own tmp_path keeps its last 3).
+
+    Under pytest-xdist each worker process made its own home at import, and removes it here."""
     import shutil
 
-    if not hasattr(session.config, "workerinput"):
-        shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
 
 def free_port() -> int:
