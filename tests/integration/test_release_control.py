@@ -331,7 +331,7 @@ def test_a_router_failure_while_starting_a_canary_does_not_reject_the_version(wo
 
 
 def test_a_server_started_before_a_failed_router_start_is_stopped(tmp_path: Path) -> None:
-    model = build_logistic_model(tmp_path / "m" / "v1.onnx", seed=0)
+    model = build_logistic_model(tmp_path / "m" / "orphan-check-v1.onnx", seed=0)
     replacement = build_logistic_model(tmp_path / "m" / "orphan-check-v2.onnx", seed=0)
     target = LocalProcessTarget(tmp_path / "state", sys.executable, drain_timeout_s=5.0)
     try:
@@ -353,8 +353,11 @@ def test_a_server_started_before_a_failed_router_start_is_stopped(tmp_path: Path
             with pytest.raises(DeployError):
                 target.ensure_stable(ModelRef("fraud", "2", replacement))
         assert _processes_serving("orphan-check-v2.onnx") == []
+        # the old stable is still the one the state names, so stop_all (or a later release) reaches it
+        assert json.loads(target.state_path.read_text())["stable"]["version"] == "1"
     finally:
         target.stop_all()
+    assert _processes_serving("orphan-check-v1.onnx") == []
 
 
 def test_a_dead_stable_is_not_counted_as_serving_and_is_restarted(world: World) -> None:

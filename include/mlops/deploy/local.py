@@ -143,9 +143,16 @@ class LocalProcessTarget:
             new = self._start_backend(model, "stable", ready_timeout_s)
             st["stable"] = new.to_json()
             st["canary_weight_pct"] = 0
-            with self._stopped_on_error(new):
-                self._ensure_router(st)
-                self._apply(st)
+            try:
+                with self._stopped_on_error(new):
+                    self._ensure_router(st)
+                    self._apply(st)
+            except BaseException:
+                # _ensure_router may already have written the new stable to disk: the state must go
+                # on naming the old one, or nothing would ever stop it (seen: an orphaned stable)
+                st["stable"] = stable.to_json() if stable else None
+                self._write(st)
+                raise
             if stable is not None:
                 st["retired"].append(stable.to_json())
                 self._write(st)
