@@ -145,3 +145,20 @@ def build_nan_model(path: Path) -> Path:
         numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
     ]
     return _save(helper.make_graph(nodes, "nan", [x], [y], inits), path)
+
+
+def processes_with(fragment: str) -> list[int]:
+    """Live processes whose command line contains `fragment` (e.g. a model file a server was given)."""
+    from include.mlops.deploy.local import pid_alive
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if fragment in cmd and pid_alive(int(proc.name), None):
+            pids.append(int(proc.name))
+    return pids

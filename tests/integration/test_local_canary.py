@@ -24,6 +24,7 @@ from tests.model_fixtures import (
     build_logistic_model,
     build_slow_model,
     build_unloadable_model,
+    processes_with,
     sample_records,
 )
 
@@ -52,20 +53,6 @@ def target(tmp_path: Path, models: dict[str, Path]):
     t.ensure_stable(ModelRef("fraud", "1", models["v1"]))
     yield t
     t.stop_all()
-
-
-def _processes_with(fragment: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if fragment in cmd and pid_alive(int(proc.name), None):
-            pids.append(int(proc.name))
-    return pids
 
 
 def _served_by(url: str, n: int) -> collections.Counter:
@@ -121,11 +108,11 @@ def test_canary_that_never_loads_raises_and_leaves_nothing_running(target: Local
     with pytest.raises(DeployError, match="did not become ready"):
         target.start_canary(ModelRef("fraud", "9", models["broken"]), ready_timeout_s=20)
     assert target.status().canary is None
-    assert _processes_with(str(models["broken"])) == []
+    assert processes_with(str(models["broken"])) == []
     # a timeout (server up but never ready in time) cleans up the same way
     with pytest.raises(DeployError, match="did not become ready"):
         target.start_canary(ModelRef("fraud", "9", models["v2"]), ready_timeout_s=0.01)
-    assert _processes_with(str(models["v2"])) == []
+    assert processes_with(str(models["v2"])) == []
     assert _served_by(target.status().router_url, 10) == {"1": 10}
 
 

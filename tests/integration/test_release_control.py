@@ -28,7 +28,7 @@ from include.mlops.errors import CanaryFailed, DeployError, InvalidReleaseParams
 from include.mlops.registry.mlflow_registry import CHAMPION, PREVIOUS_CHAMPION_TAG, MlflowRegistry, TrainingRecord
 from include.mlops.settings.project import ProjectSettings
 from tests.conftest import VENV_BIN, free_port, wait_http
-from tests.model_fixtures import build_logistic_model, sample_records
+from tests.model_fixtures import build_logistic_model, processes_with, sample_records
 
 pytestmark = pytest.mark.slow
 
@@ -163,20 +163,6 @@ def world(tmp_path: Path, mlflow: MlflowServer) -> Iterator[World]:
         mlflow.start()
     for state in w.settings.serving_root.glob("*/state.json"):
         LocalProcessTarget(state.parent, sys.executable).stop_all()
-
-
-def _processes_serving(model_file_fragment: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "include.mlops.serving.server" in cmd and model_file_fragment in cmd and pid_alive(int(proc.name), None):
-            pids.append(int(proc.name))
-    return pids
 
 
 # ---- item 6: two releases at once -------------------------------------------------------------
@@ -325,7 +311,7 @@ def test_a_router_failure_while_starting_a_canary_does_not_reject_the_version(wo
     assert not isinstance(failed.value, CanaryFailed), failed.value
     assert "caddy" in str(failed.value).lower(), failed.value
     assert "release.status" not in world.reg.get_version(world.model_name, v2).tags
-    assert _processes_serving(f"models/{world.model_name}/{v2}/") == [], (
+    assert processes_with(f"models/{world.model_name}/{v2}/") == [], (
         "a canary server was left running after the failed start"
     )
 
@@ -352,12 +338,12 @@ def test_a_server_started_before_a_failed_router_start_is_stopped(tmp_path: Path
             squatter.listen()
             with pytest.raises(DeployError):
                 target.ensure_stable(ModelRef("fraud", "2", replacement))
-        assert _processes_serving("orphan-check-v2.onnx") == []
+        assert processes_with("orphan-check-v2.onnx") == []
         # the old stable is still the one the state names, so stop_all (or a later release) reaches it
         assert json.loads(target.state_path.read_text())["stable"]["version"] == "1"
     finally:
         target.stop_all()
-    assert _processes_serving("orphan-check-v1.onnx") == []
+    assert processes_with("orphan-check-v1.onnx") == []
 
 
 def test_a_dead_stable_is_not_counted_as_serving_and_is_restarted(world: World) -> None:
