@@ -26,6 +26,7 @@ import time
 import uuid
 
 from include.mlops import retraining, stack
+from include.mlops.airflow import config, retrain
 from include.mlops.dag_test import DagTest
 from include.mlops.settings.project import PROJECT_ROOT, ProjectSettings
 
@@ -52,11 +53,33 @@ def _direct_once(settings: ProjectSettings, batch: str, epochs: int) -> tuple[fl
     ident = retraining.RunIdentity(dag_id="bench", run_id=f"direct-{uuid.uuid4().hex[:8]}", try_number=1)
     quiet = lambda _msg: None  # noqa: E731
     t0 = time.perf_counter()
+    router = config.router()
     validation = retraining.validate_data(settings, ident, batch, log=quiet)
-    placement = retraining.route_training(ident, {"gpu_count": 1, "cpu_fallback": True}, log=quiet)
-    trained = retraining.train(settings, ident, validation, placement, {"epochs": epochs}, log=quiet)
-    evaluation = retraining.evaluate(settings, ident, validation, trained, log=quiet)
-    retraining.register(settings, ident, validation, placement, trained, evaluation, "auc", 0.0, log=quiet)
+    placement = retraining.route_training(
+        ident, {"gpu_count": 1, "cpu_fallback": True}, router=router, policy=config.resource_policy(), log=quiet
+    )
+    trained = retraining.train(
+        settings,
+        ident,
+        validation=validation,
+        placement=placement,
+        hyperparams={"epochs": epochs},
+        router=router,
+        launcher=retrain.launcher(settings, ident, placement=placement, router=router, context=None, log=quiet),
+        log=quiet,
+    )
+    evaluation = retraining.evaluate(settings, ident, validation=validation, trained=trained, log=quiet)
+    retraining.register(
+        settings,
+        ident,
+        validation=validation,
+        placement=placement,
+        trained=trained,
+        evaluation=evaluation,
+        gate_metric="auc",
+        gate_min_improvement=0.0,
+        log=quiet,
+    )
     return time.perf_counter() - t0, float(trained["duration_s"])
 
 

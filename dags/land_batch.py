@@ -54,11 +54,11 @@ REST API (`POST /api/v2/assets/events`) after writing their file.
 def land_batch() -> None:
     @task(outlets=[LANDING])
     def write_batch(params: dict, outlet_events=None, logical_date=None) -> str:  # type: ignore[no-untyped-def]
+        from include.mlops.airflow.config import project_settings
         from include.mlops.data.batches import land_frame
         from include.mlops.data.generate import generate_batch
-        from include.mlops.settings.project import ProjectSettings
 
-        settings = ProjectSettings.from_airflow()
+        settings = project_settings()
         # default yesterday: a complete day (today's would hold events later than its landing time)
         date = params.get("batch_date") or pendulum.now("UTC").subtract(days=1).to_date_string()
         corruption = None if params["corruption"] == "none" else params["corruption"]

@@ -151,7 +151,7 @@ def release() -> None:
     @task(retries=0, execution_timeout=TIMEOUTS["check_params"])
     def check_params(params: dict, dag_run=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
         from include.mlops import releasing
-        from include.mlops.settings.project import ProjectSettings
+        from include.mlops.airflow.config import project_settings
 
         # an asset-triggered run releases the version its event names, not whatever `challenger` is now
         requested = releasing.requested_params(
@@ -160,16 +160,16 @@ def release() -> None:
             event=releasing.release_event(triggering_asset_events),
         )
         run = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id} if dag_run else None
-        return releasing.plan_release(ProjectSettings.from_airflow(), requested, run=run)
+        return releasing.plan_release(project_settings(), requested, run=run)
 
     @task(pool="image_builds", execution_timeout=TIMEOUTS["build_image"])
     def build_image(plan: dict) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from include.mlops import releasing
-        from include.mlops.settings.project import ProjectSettings
+        from include.mlops.airflow.config import project_settings
 
-        built = releasing.build_image(ProjectSettings.from_airflow(), plan)
+        built = releasing.build_image(project_settings(), plan)
         if "skipped" in built:
             raise AirflowSkipException(built["skipped"])
         return built
@@ -177,16 +177,16 @@ def release() -> None:
     @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=TIMEOUTS["deploy_canary"])
     def deploy_canary(plan: dict, image: dict | None) -> dict:
         from include.mlops import releasing
-        from include.mlops.settings.project import ProjectSettings
+        from include.mlops.airflow.config import project_settings
 
-        return releasing.deploy_canary(ProjectSettings.from_airflow(), plan, image)
+        return releasing.deploy_canary(project_settings(), plan, image)
 
     @task(retries=0, execution_timeout=TIMEOUTS["analyse"])
     def analyse(plan: dict, deployed: dict) -> dict:
         from include.mlops import releasing
-        from include.mlops.settings.project import ProjectSettings
+        from include.mlops.airflow.config import project_settings
 
-        return releasing.analyse(ProjectSettings.from_airflow(), plan, deployed)
+        return releasing.analyse(project_settings(), plan, deployed)
 
     @task.branch(execution_timeout=TIMEOUTS["needs_approval"])
     def needs_approval(plan: dict, analysis: dict) -> str:
@@ -212,21 +212,21 @@ def release() -> None:
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, execution_timeout=TIMEOUTS["promote"])
     def promote(plan: dict) -> dict:
         from include.mlops import releasing
-        from include.mlops.settings.project import ProjectSettings
+        from include.mlops.airflow.config import project_settings
 
-        return releasing.promote(ProjectSettings.from_airflow(), plan)
+        return releasing.promote(project_settings(), plan)
 
     @task(trigger_rule=TriggerRule.ONE_FAILED, retries=3, execution_timeout=TIMEOUTS["rollback"])
     def rollback(ti=None) -> None:  # type: ignore[no-untyped-def]
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.mlops import releasing
-        from include.mlops.settings.project import ProjectSettings
+        from include.mlops.airflow.config import project_settings
 
         plan = ti.xcom_pull(task_ids="check_params")
         if plan is None:  # fail (not skip): a skipped leaf would mark the run successful
             raise AirflowFailException("release refused at check_params: nothing was built or deployed")
-        done = releasing.rollback_release(ProjectSettings.from_airflow(), plan)
+        done = releasing.rollback_release(project_settings(), plan)
         # the run must end failed: the release did not happen, whatever the rollback achieved
         raise AirflowFailException(f"release of v{plan['version']} failed; serving stays on v{done['stable']}")
 

@@ -8,9 +8,9 @@ import os
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, dag, task
 
+from include.mlops.airflow.training_operator import TrainingLaunchOperator
 from include.mlops.assets import MODEL_CHALLENGER_READY, TRANSACTIONS_LANDING
 from include.mlops.training.launch import GROUP_ID, LAUNCHES
-from include.mlops.training.operator import TrainingLaunchOperator
 
 LANDING = Asset(TRANSACTIONS_LANDING)
 CHALLENGER_READY = Asset(MODEL_CHALLENGER_READY)
@@ -86,27 +86,31 @@ def retrain() -> None:
     @task(retries=0)
     def validate_data(params: dict, dag_run=None, ti=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
         from include.mlops import retraining
+        from include.mlops.airflow import retrain
 
         batch = params.get("batch_path") or retraining.batch_from_asset_events(triggering_asset_events)
-        return retraining.validate_data(retraining.settings(), retraining.identity(dag_run, ti), batch)
+        return retraining.validate_data(retrain.settings(), retrain.identity(dag_run, ti), batch)
 
     @task.short_circuit
     def skip_if_identical(validation: dict, params: dict, dag_run=None, ti=None) -> bool:  # type: ignore[no-untyped-def]
         from include.mlops import retraining
+        from include.mlops.airflow import retrain
 
         if params.get("retrain_identical"):
             return True
-        same = retraining.find_identical(retraining.settings(), retraining.identity(dag_run, ti), validation, params)
+        same = retraining.find_identical(
+            retrain.settings(), retrain.identity(dag_run, ti), validation=validation, params=params
+        )
         if same is not None:
             ti.xcom_push(key="identical", value=same)
         return same is None
 
     @task.branch(retries=1)
     def route(params: dict, dag_run=None, ti=None, **context) -> str:  # type: ignore[no-untyped-def]
-        from include.mlops import retraining
+        from include.mlops.airflow import retrain
 
-        ident = retraining.identity(dag_run, ti)
-        placement = retraining.route_or_reschedule(ident, params["resources"], ti, context)
+        ident = retrain.identity(dag_run, ti)
+        placement = retrain.route_or_reschedule(ident, params["resources"], ti, context)
         ti.xcom_push(key="placement", value=placement)
         return placement["launch"]
 
@@ -119,22 +123,26 @@ def retrain() -> None:
     @task
     def evaluate(validation: dict, trained: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
         from include.mlops import retraining
+        from include.mlops.airflow import retrain
 
-        return retraining.evaluate(retraining.settings(), retraining.identity(dag_run, ti), validation, trained)
+        return retraining.evaluate(
+            retrain.settings(), retrain.identity(dag_run, ti), validation=validation, trained=trained
+        )
 
     @task
     def register(validation: dict, trained: dict, evaluation: dict, params: dict, dag_run=None, ti=None) -> dict:  # type: ignore[no-untyped-def]
         from include.mlops import retraining
+        from include.mlops.airflow import retrain
 
         return retraining.register(
-            retraining.settings(),
-            retraining.identity(dag_run, ti),
-            validation,
-            ti.xcom_pull(task_ids="route", key="placement"),
-            trained,
-            evaluation,
-            params["gate_metric"],
-            float(params["gate_min_improvement"]),
+            retrain.settings(),
+            retrain.identity(dag_run, ti),
+            validation=validation,
+            placement=ti.xcom_pull(task_ids="route", key="placement"),
+            trained=trained,
+            evaluation=evaluation,
+            gate_metric=params["gate_metric"],
+            gate_min_improvement=float(params["gate_min_improvement"]),
         )
 
     @task(outlets=[CHALLENGER_READY])

@@ -49,14 +49,12 @@ def rollback() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.mlops import releasing
+        from include.mlops.airflow.config import project_settings
         from include.mlops.errors import InvalidReleaseParams
-        from include.mlops.settings.project import ProjectSettings
 
         run = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id} if dag_run else None
         try:
-            return releasing.rollback_to_version(
-                ProjectSettings.from_airflow(), params["model_name"], params["version"], run=run
-            )
+            return releasing.rollback_to_version(project_settings(), params["model_name"], params["version"], run=run)
         except InvalidReleaseParams as e:  # a param a retry cannot fix: fail now, never after retry_delay
             raise AirflowFailException(f"InvalidReleaseParams: {e}") from e
 

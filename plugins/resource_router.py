@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from include.mlops.routing.airflow_auth import require_router_access
-from include.mlops.routing.api import create_app, router_from_airflow
+from include.mlops.airflow.auth import require_router_access
+from include.mlops.airflow.config import router
+from include.mlops.routing.api import create_app
 
-app = create_app(router_from_airflow, dependencies=[require_router_access])
+app = create_app(router, dependencies=[require_router_access])
 
 
 class ResourceRouterPlugin(AirflowPlugin):

@@ -77,7 +77,7 @@ def airflow_cli(env: dict[str, str], *args: str, timeout_s: float = 120) -> str:
 _FAB_SETUP = """
 import json, sys
 from airflow.providers.fab.auth_manager.cli_commands.utils import get_application_builder
-from include.mlops.routing.fab_roles import grant_router_access
+from include.mlops.airflow.fab_roles import grant_router_access
 plan = json.loads(sys.argv[1])
 with get_application_builder() as ab:
     for role in {r for r, _ in plan["users"].values()} | set(plan["grants"]):
@@ -96,7 +96,7 @@ def fab_api_server(
 ) -> Iterator[ApiServer]:
     """The api-server on the FAB auth manager, with its own SQLite DB (FAB's tables need a migrate
     under FAB). ``users``: name -> FAB role; ``grants``: role -> read_only, applied with
-    ``include.mlops.routing.fab_roles`` (missing roles are created first)."""
+    ``include.mlops.airflow.fab_roles`` (missing roles are created first)."""
     base.mkdir(parents=True, exist_ok=True)
     full_env = {
         **os.environ,

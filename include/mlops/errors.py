@@ -57,6 +57,17 @@ class PlacementError(MlopsError):
     """A resource request cannot be placed (invalid or never satisfiable)."""
 
 
+class CapacityWait(MlopsError):
+    """Nothing acceptable is free now; look again after ``recheck_after_s`` (the router's advice).
+
+    Not a failure: the Airflow seam turns it into a reschedule of the task."""
+
+    def __init__(self, reason: str, recheck_after_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.recheck_after_s = recheck_after_s
+
+
 class RegistryUnavailable(MlopsError):
     """The model registry did not answer (unreachable, timeout, server error): the answer is unknown.
 

@@ -2,6 +2,9 @@
 
 Each function is one task body: plain arguments in, a JSON-safe dict out (the XCom),
 so the DAG file stays wiring only and every step runs and is tested without Airflow.
+What Airflow supplies (settings from Connections and Variables, the router, the launchers) comes
+in as arguments from ``include.mlops.airflow.retrain``, which also turns ``CapacityWait`` into a
+reschedule and ``PlacementError`` into a failure without retries.
 The batch's fingerprint is pinned at validation: train and evaluate refuse a file whose bytes
 changed since, so what was validated is what trains and is scored.
 """
@@ -16,9 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from include.mlops.errors import CapacityWait, PlacementError
 from include.mlops.settings.project import PROJECT_ROOT, ProjectSettings
 
 if TYPE_CHECKING:
+    from include.mlops.routing.router import ResourceRouter
+    from include.mlops.routing.training import ResourcePolicy
+    from include.mlops.training.config import TrainConfig, TrainingResult
     from include.mlops.training.launch import Launch
 
 SUITE_PATH = PROJECT_ROOT / "include" / "data" / "suites" / "transactions.yaml"
@@ -37,6 +44,8 @@ TRAINING_CODE = (
 # TrainConfig fields that name this run's folders, not how the model is trained
 PER_RUN_CONFIG_FIELDS = frozenset({"data_path", "output_dir", "checkpoint_dir"})
 Log = Callable[[str], None]
+# Starts (or resumes) the training of a config where the placement says; returns its result.
+TrainingLauncher = Callable[["TrainConfig"], "TrainingResult"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,7 @@ def resolve_batch(settings: ProjectSettings, batch_path: str | None) -> Path:
 
 
 def validate_data(
-    settings: ProjectSettings, ident: RunIdentity, batch_path: str | None, log: Log = print
+    settings: ProjectSettings, ident: RunIdentity, batch_path: str | None, *, log: Log = print
 ) -> dict[str, Any]:
     """Run the expectation suite on the batch; raise DataValidationError naming each failure."""
     from include.mlops.data_quality.validate import validate_batch
@@ -127,6 +136,7 @@ def training_fingerprint(config: dict[str, Any]) -> str:
 def find_identical(
     settings: ProjectSettings,
     ident: RunIdentity,
+    *,
     validation: dict[str, Any],
     params: dict[str, Any],
     log: Log = print,
@@ -152,32 +162,24 @@ def find_identical(
     return {"model_name": same.name, "version": same.version, **wanted}
 
 
-class CapacityWait(Exception):
-    """Nothing acceptable is free now; look again after ``recheck_after_s`` (the router's advice)."""
-
-    def __init__(self, reason: str, recheck_after_s: float) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.recheck_after_s = recheck_after_s
-
-
 def route_training(
     ident: RunIdentity,
-    request: dict[str, Any] | None = None,
+    request: dict[str, Any] | None,
+    *,
+    router: ResourceRouter,
+    policy: ResourcePolicy | None = None,
     waited_s: float = 0.0,
     log: Log = print,
-    router: Any = None,
 ) -> dict[str, Any]:
     """Ask the resource router where training runs now (a GPU first, the local CPU as the last resort)
     and which launch task holds the placement's Airflow pool slots; the placement dict gets
     ``launch`` (that task's id). Raises CapacityWait while nothing fits, PlacementError when the
     request can never fit or has waited longer than its ``max_wait_s``."""
-    from include.mlops.errors import PlacementError
     from include.mlops.routing.training import place_training, release_training
     from include.mlops.training.launch import choose_launch
 
     key = training_task_key(ident)
-    placement = place_training(key, request or {}, router=router, log=log, waited_s=waited_s)
+    placement = place_training(key, request or {}, router=router, policy=policy, log=log, waited_s=waited_s)
     if placement.get("decision") == "wait":
         if placement.get("max_wait_exceeded"):
             raise PlacementError(
@@ -197,28 +199,6 @@ def route_training(
     return placement
 
 
-def route_or_reschedule(ident: RunIdentity, request: dict[str, Any] | None, ti: Any, context: Any) -> dict[str, Any]:
-    """The `route` task body: place, or give the worker slot back and run again when the router says
-    to look again (Airflow reschedule: state up_for_reschedule, no retry spent). Errors that waiting
-    cannot fix fail the task at once, without retries."""
-    import datetime as dt
-
-    from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
-
-    from include.mlops.errors import PlacementError
-
-    first = ti.get_first_reschedule_date(context) if ti is not None else None
-    now = dt.datetime.now(dt.UTC)
-    waited_s = max(0.0, (now - first).total_seconds()) if first else 0.0
-    try:
-        return route_training(ident, request, waited_s=waited_s)
-    except CapacityWait as wait:
-        print(f"waiting for capacity ({waited_s:.0f}s so far), next look in {wait.recheck_after_s:.0f}s: {wait.reason}")
-        raise AirflowRescheduleException(now + dt.timedelta(seconds=wait.recheck_after_s)) from None
-    except PlacementError as exc:
-        raise AirflowFailException(str(exc)) from exc
-
-
 def training_result(results: list[Any]) -> dict[str, Any]:
     """The one launch task that ran (the others were skipped by the branch)."""
     ran = [r for r in results if r]
@@ -235,19 +215,21 @@ def training_task_key(ident: RunIdentity) -> str:
 def train(
     settings: ProjectSettings,
     ident: RunIdentity,
+    *,
     validation: dict[str, Any],
     placement: dict[str, Any],
     hyperparams: dict[str, Any],
-    log: Log = print,
-    context: Any = None,
+    router: ResourceRouter,
+    launcher: TrainingLauncher,
     launch: Launch | None = None,
-    deferrable: bool = False,
+    keeps_reservation: Callable[[BaseException], bool] = lambda exc: False,
+    log: Log = print,
 ) -> dict[str, Any]:
-    """Run the training entrypoint where the router placed it: a local process, a Kubernetes pod or a
-    local Docker container (same entrypoint, same config); checkpoints keyed by the run survive retries.
-    ``launch``: the launch task running this (it must hold the placement's pool slots).
-    ``deferrable``: a Kubernetes pod defers the task (Airflow's TaskDeferred propagates) and
-    ``resume_training`` finishes it."""
+    """Run the training entrypoint where the router placed it (``launcher`` starts it there: a local
+    process, a Kubernetes pod or a local Docker container, same entrypoint, same config); checkpoints
+    keyed by the run survive retries. ``launch``: the launch task running this (it must hold the
+    placement's pool slots). ``keeps_reservation``: whether an exception out of the launcher leaves
+    the training running (an Airflow deferral: the pod runs on, and so does its reservation)."""
     from include.mlops.data.batches import check_fingerprint
     from include.mlops.training.launch import check_launch
 
@@ -257,14 +239,12 @@ def train(
     config = train_config(settings, ident, validation, hyperparams)
     log(f"training on {placement.get('target')}: {placement.get('explanation_text', '')}")
     try:
-        result = _launch_training(settings, ident, config, placement, log, context, deferrable)
+        result = launcher(config)
     except BaseException as exc:
-        from airflow.sdk.exceptions import TaskDeferred
-
-        if not isinstance(exc, TaskDeferred):  # deferred: the pod runs on, and so does its reservation
-            _release(ident, log)
+        if not keeps_reservation(exc):
+            _release(ident, router, log)
         raise
-    _release(ident, log)
+    _release(ident, router, log)
     # the trainer read the file by path: a rewrite while it ran means it trained on unvalidated bytes
     check_fingerprint(validation["batch_path"], validation["fingerprint"])
     return trained_summary(config, result)
@@ -273,32 +253,28 @@ def train(
 def resume_training(
     settings: ProjectSettings,
     ident: RunIdentity,
+    *,
     validation: dict[str, Any],
-    placement: dict[str, Any],
     hyperparams: dict[str, Any],
-    event: dict[str, Any],
+    router: ResourceRouter,
+    resumer: TrainingLauncher,
     log: Log = print,
-    context: Any = None,
 ) -> dict[str, Any]:
-    """Finish a deferred Kubernetes training from its trigger event (log, cleanup, result)."""
+    """Finish a deferred training (``resumer``: from the trigger's event: log, cleanup, result)."""
     from include.mlops.data.batches import check_fingerprint
-    from include.mlops.training.pod import TrainingPodSettings, resume_training_pod
 
     config = train_config(settings, ident, validation, hyperparams)
-    pod_settings = TrainingPodSettings.from_airflow(settings.data_root)
     try:
-        result = resume_training_pod(
-            config, placement, pod_settings, event, context=context, run_name=ident.safe_name, log=log
-        )
+        result = resumer(config)
     finally:
-        _release(ident, log)
+        _release(ident, router, log)
     check_fingerprint(validation["batch_path"], validation["fingerprint"])
     return trained_summary(config, result)
 
 
 def train_config(
     settings: ProjectSettings, ident: RunIdentity, validation: dict[str, Any], hyperparams: dict[str, Any]
-) -> Any:
+) -> TrainConfig:
     """The run's TrainConfig: its folders are keyed by the run, so a retry resumes from checkpoints."""
     from include.mlops.training.config import TrainConfig
 
@@ -311,15 +287,15 @@ def train_config(
     )
 
 
-def _release(ident: RunIdentity, log: Log) -> None:
+def _release(ident: RunIdentity, router: ResourceRouter, log: Log) -> None:
     # the reservation bridged decision and start; a finished (or failed) training frees it now,
     # not at its TTL, or back-to-back runs on a small machine see their own stale claims
     from include.mlops.routing.training import release_training
 
-    release_training(training_task_key(ident), log=log)
+    release_training(training_task_key(ident), router=router, log=log)
 
 
-def trained_summary(config: Any, result: Any) -> dict[str, Any]:
+def trained_summary(config: TrainConfig, result: TrainingResult) -> dict[str, Any]:
     return {
         "output_dir": config.output_dir,
         "model_onnx_path": str(result.model_onnx_path),
@@ -333,51 +309,13 @@ def trained_summary(config: Any, result: Any) -> dict[str, Any]:
     }
 
 
-def _launch_training(
+def evaluate(
     settings: ProjectSettings,
     ident: RunIdentity,
-    config: Any,
-    placement: dict[str, Any],
-    log: Log,
-    context: Any,
-    deferrable: bool = False,
-) -> Any:
-    from include.mlops.errors import PlacementError
-
-    target = placement.get("target")
-    if target == "local":
-        from include.mlops.routing.training import reservation_lease
-        from include.mlops.training.runner import run_training_process, training_python
-
-        lease = reservation_lease(placement, log=log)  # renewed while training runs
-        return run_training_process(config, training_python(), log=log, placement=placement, lease=lease)
-    if target == "kubernetes":
-        from include.mlops.training.pod import TrainingPodSettings, run_training_pod
-
-        pod_settings = TrainingPodSettings.from_airflow(settings.data_root)
-        return run_training_pod(
-            config, placement, pod_settings, context=context, run_name=ident.safe_name, log=log, deferrable=deferrable
-        )
-    if target == "docker":
-        from include.mlops.training.container import TrainingContainerSettings, run_training_container
-
-        box = TrainingContainerSettings.from_airflow(settings.data_root, settings.docker_base_url)
-        from include.mlops.routing.training import reservation_lease
-
-        lease = reservation_lease(placement, log=log)
-        return run_training_container(
-            config, placement, box, context=context, run_name=ident.safe_name, log=log, lease=lease
-        )
-    if placement.get("decision") == "wait":
-        raise PlacementError(f"the router says wait: {placement.get('explanation_text') or placement}")
-    raise PlacementError(
-        f"placement target {target!r} has no training launcher here (supported: 'local', 'kubernetes', 'docker'); "
-        f"placement: {placement.get('explanation_text') or placement}"
-    )
-
-
-def evaluate(
-    settings: ProjectSettings, ident: RunIdentity, validation: dict[str, Any], trained: dict[str, Any], log: Log = print
+    *,
+    validation: dict[str, Any],
+    trained: dict[str, Any],
+    log: Log = print,
 ) -> dict[str, Any]:
     """Score challenger and current champion on the same holdout rows of this batch."""
     from include.mlops.data.batches import read_batch
@@ -408,6 +346,7 @@ def evaluate(
 def register(
     settings: ProjectSettings,
     ident: RunIdentity,
+    *,
     validation: dict[str, Any],
     placement: dict[str, Any],
     trained: dict[str, Any],
@@ -462,15 +401,6 @@ def register(
         "gate": decision.to_dict(),
         "tracking_uri": settings.mlflow_tracking_uri,
     }
-
-
-def settings() -> ProjectSettings:
-    """Settings of the Airflow deployment this task runs in (Connections + Variables)."""
-    return ProjectSettings.from_airflow()
-
-
-def identity(dag_run: Any, ti: Any) -> RunIdentity:
-    return RunIdentity(dag_id=dag_run.dag_id, run_id=dag_run.run_id, try_number=int(getattr(ti, "try_number", 1) or 1))
 
 
 def batch_from_asset_events(events: Any) -> str | None:

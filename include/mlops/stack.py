@@ -345,7 +345,7 @@ def init_airflow() -> None:
     AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
     airflow_cli("db", "migrate")
     subprocess.run(
-        [sys.executable, "-m", "include.mlops.settings.apply", str(settings_file())],
+        [sys.executable, "-m", "include.mlops.airflow.apply_settings", str(settings_file())],
         env=airflow_env(),
         check=True,
         cwd=PROJECT_ROOT,
@@ -509,7 +509,7 @@ def start_runtime(deadline_s: float = 240.0) -> float:
         migrate_log = RUNTIME_DIR / "migrate.log"
         _run_logged([str(VENV_BIN / "airflow"), "db", "migrate"], env, migrate_log, "airflow db migrate")
         _run_logged(
-            [sys.executable, "-m", "include.mlops.settings.apply", str(settings_file())],
+            [sys.executable, "-m", "include.mlops.airflow.apply_settings", str(settings_file())],
             env,
             migrate_log,
             f"applying {settings_file()}",

@@ -97,7 +97,7 @@ class Deployment:
 def deployment(airflow_db: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     # pools (and the rest of the local profile) applied the way `make settings` does it
     subprocess.run(
-        [sys.executable, "-m", "include.mlops.settings.apply", str(ROOT / "airflow_settings.yaml")],
+        [sys.executable, "-m", "include.mlops.airflow.apply_settings", str(ROOT / "airflow_settings.yaml")],
         cwd=ROOT,
         check=True,
         capture_output=True,

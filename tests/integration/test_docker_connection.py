@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from include.mlops.airflow.config import project_settings
 from include.mlops.errors import BuildError, SettingsError
 from include.mlops.settings.project import ProjectSettings
 
@@ -26,17 +27,17 @@ def _docker(monkeypatch: pytest.MonkeyPatch, value: object) -> None:
 
 
 def test_an_absent_docker_connection_means_no_engine(airflow_conns: pytest.MonkeyPatch) -> None:
-    s = ProjectSettings.from_airflow()
+    s = project_settings()
     assert (s.docker_base_url, s.image_registry) == (None, None)
 
 
 def test_a_well_formed_docker_connection_gives_its_engine_and_registry(airflow_conns: pytest.MonkeyPatch) -> None:
     _docker(airflow_conns, {"conn_type": "docker", "host": "unix:///x/docker.sock", "extra": {"registry": "r:5001"}})
-    s = ProjectSettings.from_airflow()
+    s = project_settings()
     assert (s.docker_base_url, s.image_registry) == ("unix:///x/docker.sock", "r:5001")
     # the provider's shape: host = registry, login, engine in extra.base_url
     _docker(airflow_conns, {"conn_type": "docker", "host": "reg.example.org", "port": 443, "login": "ci"})
-    s = ProjectSettings.from_airflow()
+    s = project_settings()
     assert (s.docker_base_url, s.image_registry) == (None, "reg.example.org:443")
 
 
@@ -58,7 +59,7 @@ def test_a_broken_docker_connection_fails_naming_it(
 ) -> None:
     _docker(airflow_conns, value)
     with pytest.raises(SettingsError, match="docker_default") as err:
-        ProjectSettings.from_airflow()
+        project_settings()
     assert named in str(err.value)
 
 

@@ -274,6 +274,8 @@ def test_airflow_connection_in_the_local_profile_shape_reaches_the_engine_and_re
     # The shape airflow_settings.yaml declares: host = engine URL, extra.registry = where to push.
     conn = {"conn_type": "docker", "host": "unix:///var/run/docker.sock", "extra": {"registry": REGISTRY}}
     monkeypatch.setenv("AIRFLOW_CONN_DOCKER_IT", json.dumps(conn))
-    builder = DockerImageBuilder.from_airflow_connection("docker_it")
+    from include.mlops.airflow.config import image_builder
+
+    builder = image_builder("docker_it")
     assert builder.registry.host == REGISTRY
     assert builder.api.ping()

@@ -19,10 +19,14 @@ from pathlib import Path
 import pytest
 
 from include.mlops import retraining
+from include.mlops.airflow import retrain
 from include.mlops.data.batches import BatchChangedError, fingerprint
 from include.mlops.data.generate import write_batch
 from include.mlops.errors import RegistryUnavailable
 from include.mlops.registry.mlflow_registry import CHAMPION, RUN_KEY_TAG, MlflowRegistry, TrainingRecord
+from include.mlops.routing.providers.local import LocalMachineProvider
+from include.mlops.routing.reservations import ReservationBook
+from include.mlops.routing.router import ResourceRouter
 from include.mlops.settings.project import ProjectSettings
 from tests.conftest import start_mlflow
 from tests.model_fixtures import build_logistic_model
@@ -103,7 +107,7 @@ def test_evaluate_fails_when_mlflow_is_down_instead_of_passing_with_no_champion(
     ident = retraining.RunIdentity("retrain", "manual__eval")
     validation = _validated(settings)
     trained = {"config": {"holdout_fraction": 0.2}, "model_onnx_path": str(build_logistic_model(tmp_path / "c.onnx"))}
-    up = retraining.evaluate(settings, ident, validation, trained, log=lambda _: None)
+    up = retraining.evaluate(settings, ident, validation=validation, trained=trained, log=lambda _: None)
     assert up["champion_version"] == "1" and up["champion"] is not None  # the setup sees its champion
 
     own_mlflow.kill()
@@ -111,7 +115,7 @@ def test_evaluate_fails_when_mlflow_is_down_instead_of_passing_with_no_champion(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     lines: list[str] = []
     with pytest.raises(RegistryUnavailable, match=rf"MLflow at {own_mlflow.uri} did not answer get_registered_model"):
-        retraining.evaluate(settings, ident, validation, trained, log=lines.append)
+        retraining.evaluate(settings, ident, validation=validation, trained=trained, log=lines.append)
     assert not any("no champion yet" in line for line in lines), lines
 
 
@@ -122,7 +126,9 @@ def test_evaluate_refuses_a_batch_rewritten_after_validation(tmp_path: Path) -> 
     now = fingerprint(validation["batch_path"])
     trained = {"config": {"holdout_fraction": 0.2}, "model_onnx_path": str(build_logistic_model(tmp_path / "c.onnx"))}
     with pytest.raises(BatchChangedError) as err:
-        retraining.evaluate(settings, retraining.RunIdentity("retrain", "manual__pin"), validation, trained)
+        retraining.evaluate(
+            settings, retraining.RunIdentity("retrain", "manual__pin"), validation=validation, trained=trained
+        )
     msg = str(err.value)
     assert validation["batch_path"] in msg and validation["fingerprint"] in msg and now in msg, msg
 
@@ -132,8 +138,19 @@ def test_train_refuses_a_batch_rewritten_after_validation_before_launching(tmp_p
     validation = _validated(settings)
     _rewrite(Path(validation["batch_path"]))
     ident = retraining.RunIdentity("retrain", "manual__pin")
+    placement = {"target": "local"}
+    router = ResourceRouter(LocalMachineProvider(), ReservationBook(tmp_path / "book.sqlite"))
     with pytest.raises(BatchChangedError, match="changed after validation: validated fingerprint"):
-        retraining.train(settings, ident, validation, {"target": "local"}, {"epochs": 1}, log=lambda _: None)
+        retraining.train(
+            settings,
+            ident,
+            validation=validation,
+            placement=placement,
+            hyperparams={"epochs": 1},
+            router=router,
+            launcher=retrain.launcher(settings, ident, placement=placement, router=router, context=None),
+            log=lambda _: None,
+        )
     assert not (settings.runs_dir / ident.safe_name / "output").exists()  # no trainer was started
 
 
@@ -154,10 +171,10 @@ def test_a_training_identical_to_a_registered_version_is_found_and_any_differenc
 
     again = retraining.RunIdentity("retrain", "manual__second")  # other run, other folders: same training
     lines: list[str] = []
-    same = retraining.find_identical(settings, again, validation, params, log=lines.append)
+    same = retraining.find_identical(settings, again, validation=validation, params=params, log=lines.append)
     assert same is not None and same["version"] == version
     assert any(f"identical to v{version}: nothing registered" in line for line in lines), lines
-    assert retraining.find_identical(settings, again, validation, {"epochs": 4}, log=print) is None
+    assert retraining.find_identical(settings, again, validation=validation, params={"epochs": 4}, log=print) is None
     other = _validated(settings, "2026-11-03")
-    assert retraining.find_identical(settings, again, other, params, log=print) is None
+    assert retraining.find_identical(settings, again, validation=other, params=params, log=print) is None
     assert MlflowRegistry(mlflow_server).get_version(model, version).tags[RUN_KEY_TAG] == ident.run_key

@@ -114,7 +114,7 @@ def _token(c: httpx.Client, user: str, password: str) -> httpx.Response:
 PROBE_PLUGIN = """
 from fastapi import Depends, FastAPI
 from airflow.plugins_manager import AirflowPlugin
-from include.mlops.routing.airflow_auth import require_router_access
+from include.mlops.airflow.auth import require_router_access
 
 app = FastAPI(dependencies=[Depends(require_router_access)])
 
@@ -250,7 +250,7 @@ def test_router_api_refuses_other_methods_and_non_finite_or_split_fields_and_dry
 @pytest.mark.slow
 def test_with_the_fab_auth_manager_only_granted_roles_see_the_router(tmp_path: Path) -> None:
     """FAB decides custom views from role permissions: a stock Viewer is refused until an admin
-    grants the router (include.mlops.routing.fab_roles); a read-only grant allows no dry run."""
+    grants the router (include.mlops.airflow.fab_roles); a read-only grant allows no dry run."""
     from tests.api_server import fab_api_server
 
     (tmp_path / "inventory.yaml").write_text(INVENTORY)

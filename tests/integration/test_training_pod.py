@@ -18,10 +18,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from include.mlops.airflow.training_pod import TrainingPodSettings, run_training_pod
 from include.mlops.errors import TrainingFailed
 from include.mlops.routing.model import Claim, Explanation, Placement
 from include.mlops.training.config import TrainConfig
-from include.mlops.training.pod import TrainingPodSettings, run_training_pod
 from tests.k8s_standin import NAMESPACE, kubernetes_standin, live_pods, restricted_profile_violations
 from tests.training_fixtures import FAST, fast_config, small_data_root
 
@@ -129,21 +129,29 @@ def test_retraining_train_dispatches_kubernetes_placement_and_returns_the_local_
     cluster: SimpleNamespace, data_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from include.mlops import retraining
+    from include.mlops.airflow import retrain
     from include.mlops.data.batches import fingerprint
+    from include.mlops.routing.providers.local import LocalMachineProvider
+    from include.mlops.routing.reservations import ReservationBook
+    from include.mlops.routing.router import ResourceRouter
 
     monkeypatch.setenv("AIRFLOW_VAR_MLOPS_TRAINING_IMAGE", "registry.local/mlops-train:test")
     monkeypatch.setenv("AIRFLOW_VAR_MLOPS_DATA_VOLUME_CLAIM", "mlops-data")
     settings = SimpleNamespace(data_root=data_root, runs_dir=data_root / "runs")
     batch = next((data_root / "landing").iterdir())
     placement = {**a100_placement().to_dict(), "explanation_text": "A100 pool"}
+    ident = retraining.RunIdentity("retrain", "manual__2")
+    router = ResourceRouter(LocalMachineProvider(), ReservationBook(data_root / "book.sqlite"))
+    start = retrain.launcher(settings, ident, placement=placement, router=router, context=_context())  # type: ignore[arg-type]
     out = retraining.train(
         settings,  # type: ignore[arg-type]
-        retraining.RunIdentity("retrain", "manual__2"),
-        {"batch_path": str(batch), "fingerprint": fingerprint(batch)},  # as validate_data pinned it
-        placement,
-        dict(FAST),
+        ident,
+        validation={"batch_path": str(batch), "fingerprint": fingerprint(batch)},  # as validate_data pinned it
+        placement=placement,
+        hyperparams=dict(FAST),
+        router=router,
+        launcher=start,
         log=lambda _line: None,
-        context=_context(),
     )
     assert set(out) == {
         "output_dir",
@@ -231,7 +239,7 @@ def _trigger_event(deferred: Any, timeout_s: float = 90) -> dict[str, Any]:
 def test_deferrable_pod_frees_the_worker_and_resumes_from_the_trigger_event(
     cluster: SimpleNamespace, data_root: Path
 ) -> None:
-    from include.mlops.training.pod import resume_training_pod
+    from include.mlops.airflow.training_pod import resume_training_pod
 
     config = fast_config(data_root)
     deferred = _deferred(config, data_root, cluster)
@@ -249,7 +257,7 @@ def test_deferrable_pod_frees_the_worker_and_resumes_from_the_trigger_event(
 
 
 def test_deferrable_pod_failure_names_the_pod_exit_code_and_log_tail(cluster: SimpleNamespace, data_root: Path) -> None:
-    from include.mlops.training.pod import resume_training_pod
+    from include.mlops.airflow.training_pod import resume_training_pod
 
     config = fast_config(data_root, batch=data_root / "landing" / "missing.parquet")
     event = _trigger_event(_deferred(config, data_root, cluster))
@@ -266,7 +274,7 @@ def test_deferrable_pod_failure_names_the_pod_exit_code_and_log_tail(cluster: Si
 
 
 def test_deferrable_pod_never_scheduled_times_out_in_the_trigger(cluster: SimpleNamespace, data_root: Path) -> None:
-    from include.mlops.training.pod import resume_training_pod
+    from include.mlops.airflow.training_pod import resume_training_pod
 
     config = fast_config(data_root)
     deferred = _deferred(config, data_root, cluster, hold=True, schedule_timeout_s=2)  # the node never frees up
@@ -290,7 +298,7 @@ def test_a_retry_after_the_worker_died_reattaches_to_the_running_pod(cluster: Si
     the pod by its run/task labels and watches it instead of starting a second training."""
     from airflow.sdk.exceptions import TaskDeferred
 
-    from include.mlops.training.pod import resume_training_pod
+    from include.mlops.airflow.training_pod import resume_training_pod
 
     config = fast_config(data_root)
     _deferred(config, data_root, cluster, hold=True)  # the pod stays Pending until the retry watches it

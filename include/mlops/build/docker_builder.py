@@ -1,7 +1,8 @@
 """`ImageBuilder` over a Docker engine: build the serving image, tag it, push it, pin it by digest.
 
 Used by the local and docker profiles (the kubernetes profile builds in-cluster). Works without
-Airflow through `from_base_url`; inside Airflow `from_airflow_connection` goes through DockerHook.
+Airflow through `from_base_url`; inside Airflow ``include.mlops.airflow.config.image_builder`` builds
+one through DockerHook.
 """
 
 from __future__ import annotations
@@ -61,14 +62,14 @@ class PushRefused(BuildError):
     """The registry refused the pushed image, or serves a different digest than was pushed."""
 
 
-def _docker_host(base_url: str | None) -> str:
+def docker_host(base_url: str | None) -> str:
     # Docker's own default when neither the caller nor DOCKER_HOST names an engine.
     return base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
 def engine_available(base_url: str | None = None, timeout_s: float = 5.0) -> tuple[bool, str]:
     """Whether a Docker engine answers at `base_url` (default DOCKER_HOST or the local socket), and why not."""
-    url = _docker_host(base_url)
+    url = docker_host(base_url)
     try:
         from docker.api.client import APIClient
         from docker.errors import DockerException
@@ -164,7 +165,7 @@ class DockerImageBuilder:
         from docker.api.client import APIClient
         from docker.errors import DockerException
 
-        url = _docker_host(base_url)
+        url = docker_host(base_url)
         try:
             api = APIClient(base_url=url, version="auto", timeout=60)
         except DockerException as e:
@@ -172,38 +173,6 @@ class DockerImageBuilder:
                 f"no Docker engine answers at {url}: {e}; start one (docker/start_engine.sh) "
                 "or point the docker connection's host at a running engine"
             ) from e
-        return cls(api, registry, **kwargs)
-
-    @classmethod
-    def from_airflow_connection(cls, conn_id: str = "docker_default", **kwargs: Any) -> DockerImageBuilder:
-        """Build through Airflow's DockerHook, configured by a `docker` connection.
-
-        Two shapes are accepted: host = engine URL (unix://...) with extra.registry (the local profile in
-        airflow_settings.yaml), or the provider's own shape, host = registry with login/password and the
-        engine URL in extra.base_url. extra.base_image overrides the base image.
-        """
-        from airflow.exceptions import AirflowException
-        from airflow.providers.docker.hooks.docker import DockerHook
-
-        conn = DockerHook.get_connection(conn_id)
-        extra = conn.extra_dejson
-        host = conn.host or ""
-        if "://" in host and not conn.login:
-            base_url, registry, login_conn = host, extra.get("registry", ""), None
-        else:
-            base_url = _docker_host(extra.get("base_url"))
-            registry = extra.get("registry") or (f"{host}:{conn.port}" if conn.port else host)
-            login_conn = conn_id if conn.login else None
-        if not registry:
-            raise SettingsError(
-                f"connection {conn_id!r}: no registry to push to; set extra.registry (e.g. 127.0.0.1:5001)"
-            )
-        if extra.get("base_image"):
-            kwargs.setdefault("base_image", extra["base_image"])
-        try:
-            api = DockerHook(docker_conn_id=login_conn, base_url=base_url, timeout=60).get_conn()
-        except AirflowException as e:
-            raise EngineUnavailable(f"connection {conn_id!r}: no Docker engine answers at {base_url}: {e}") from e
         return cls(api, registry, **kwargs)
 
     def build_and_push(self, model: ModelArtifact, tag: str | None = None) -> BuiltImage:

@@ -70,7 +70,7 @@ def docker_endpoints(
 ) -> DockerEndpoints:
     """Engine URL and registry of an existing `docker` connection; SettingsError naming it if malformed.
 
-    Two shapes, as DockerImageBuilder.from_airflow_connection reads them: host = engine URL with
+    Two shapes, as include.mlops.airflow.config.image_builder reads them: host = engine URL with
     extra.registry (the local profile), or the provider's shape, host = registry with a login and
     the engine URL in extra.base_url (default: DOCKER_HOST, else the local socket).
     """

@@ -2,7 +2,7 @@
 
 Capacity per pool, live reservations, recent decisions, and a dry run that places without reserving.
 Built by ``create_app(router_factory, dependencies=...)``: the plugin adds Airflow's auth
-(``airflow_auth.require_router_access``); tests of the routes alone run it under plain uvicorn.
+(``include.mlops.airflow.auth.require_router_access``); tests of the routes alone run it under plain uvicorn.
 """
 
 from __future__ import annotations
@@ -117,44 +117,3 @@ def create_app(
         return _PAGE
 
     return app
-
-
-def router_from_airflow() -> ResourceRouter:
-    """The router as the deployment configures it (Airflow Variables; the local machine by default).
-
-    ``router_capacity_source``: ``local`` | ``docker`` | ``inventory:<path>`` | ``kubernetes:<conn_id>``
-    (``docker``: this machine's capacity, tasks run as containers on its engine);
-    ``router_book_path``: the SQLite reservation book shared by workers and the api-server.
-    """
-    from airflow.sdk import Variable
-
-    from include.mlops.errors import SettingsError
-    from include.mlops.routing.providers.local import LocalMachineProvider
-    from include.mlops.routing.reservations import ReservationBook
-    from include.mlops.routing.router import CombinedProvider, ResourceRouter
-    from include.mlops.settings.project import resolve_path
-
-    source = Variable.get("router_capacity_source", default="local")
-    book = ReservationBook(resolve_path(Variable.get("router_book_path", default=".local/router/book.sqlite")))
-    kind, _, arg = source.partition(":")
-    local = LocalMachineProvider()
-    if kind == "local":
-        return ResourceRouter(local, book)
-    if kind == "docker":
-        return ResourceRouter(LocalMachineProvider(target="docker", node_pool="docker-engine"), book)
-    if kind == "inventory":
-        from include.mlops.routing.providers.static import StaticInventoryProvider
-
-        return ResourceRouter(CombinedProvider((StaticInventoryProvider(arg), local)), book)
-    if kind == "kubernetes":
-        from airflow.sdk import Connection
-
-        from include.mlops.routing.providers.kubernetes import KubernetesCapacityProvider
-
-        conn = Connection.get(arg or "kubernetes_default")
-        k8s = KubernetesCapacityProvider.from_connection(conn.host, conn.extra_dejson)
-        return ResourceRouter(CombinedProvider((k8s, local)), book)
-    raise SettingsError(
-        f"Variable router_capacity_source={source!r}: "
-        "use 'local', 'docker', 'inventory:<path>' or 'kubernetes:<conn_id>'"
-    )

@@ -14,9 +14,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.mlops.errors import PlacementError, SettingsError
+
+if TYPE_CHECKING:
+    from include.mlops.routing.reservations import ReservationBook
+    from include.mlops.routing.router import ResourceRouter
 
 ALLOWED_PRIORITY_CLASSES_VARIABLE = "mlops_allowed_priority_classes"
 ALLOWED_TOLERATIONS_VARIABLE = "mlops_allowed_tolerations"
@@ -57,14 +61,11 @@ class ResourcePolicy:
     allowed_tolerations: tuple[str, ...] = ()  # taint keys
 
     @classmethod
-    def from_airflow(cls) -> ResourcePolicy:
-        from airflow.sdk import Variable
-
+    def from_values(cls, *, priority_classes: Any, tolerations: Any) -> ResourcePolicy:
+        """From the Variables' raw values (JSON lists of names; empty: none allowed)."""
         return cls(
-            _name_list(
-                Variable.get(ALLOWED_PRIORITY_CLASSES_VARIABLE, default="[]"), ALLOWED_PRIORITY_CLASSES_VARIABLE
-            ),
-            _name_list(Variable.get(ALLOWED_TOLERATIONS_VARIABLE, default="[]"), ALLOWED_TOLERATIONS_VARIABLE),
+            _name_list(priority_classes, ALLOWED_PRIORITY_CLASSES_VARIABLE),
+            _name_list(tolerations, ALLOWED_TOLERATIONS_VARIABLE),
         )
 
     def check(self, request: Mapping[str, Any]) -> None:
@@ -98,25 +99,23 @@ def training_request(task_key: str, overrides: dict[str, Any]) -> tuple[dict[str
 def place_training(
     task_key: str,
     overrides: dict[str, Any],
-    router: Any = None,
+    *,
+    router: ResourceRouter,
+    policy: ResourcePolicy | None = None,
     log: Callable[[str], None] = print,
     waited_s: float = 0.0,
-    policy: ResourcePolicy | None = None,
 ) -> dict[str, Any]:
     """Decide where training runs now; returns the placement (or wait) as a JSON-safe dict.
 
     ``waited_s``: how long this task has already waited for capacity (the router gives up, with a
     wait whose ``max_wait_exceeded`` is true, once it passes the request's ``max_wait_s``).
-    ``policy``: the allow-lists (default: the deployment's Variables); a request off them is
+    ``policy``: the allow-lists (the deployment's Variables, ``include.mlops.airflow.config``; default:
+    empty lists, which allow no priority class and no extra toleration); a request off them is
     refused (ResourceNotAllowed) before the router is asked."""
     from include.mlops.routing.model import Placement, TaskRequest
 
     req, cpu_fallback = training_request(task_key, overrides)
-    (policy or ResourcePolicy.from_airflow()).check(req)
-    if router is None:
-        from include.mlops.routing.api import router_from_airflow
-
-        router = router_from_airflow()
+    (policy or ResourcePolicy()).check(req)
     request = TaskRequest.from_dict(req)
     gpu_why = ""
     try:
@@ -138,12 +137,8 @@ def place_training(
     return out
 
 
-def release_training(task_key: str, router: Any = None, log: Callable[[str], None] = print) -> int:
+def release_training(task_key: str, *, router: ResourceRouter, log: Callable[[str], None] = print) -> int:
     """Drop the reservation a placement made for task_key (training finished or gave up)."""
-    if router is None:
-        from include.mlops.routing.api import router_from_airflow
-
-        router = router_from_airflow()
     removed = int(router.book.release(task_key))
     if removed:
         log(f"released the router's reservation of {task_key}")
@@ -155,7 +150,7 @@ class ReservationLease:
     """A placement's reservation, renewed while its training runs (``runner.keep_renewed``): the
     book's TTL covers the gap between decision and start; a running training holds its share."""
 
-    book: Any  # ReservationBook
+    book: ReservationBook
     reservation_id: str
     log: Callable[[str], None] = print
 
@@ -172,17 +167,13 @@ class ReservationLease:
 
 
 def reservation_lease(
-    placement: Mapping[str, Any], router: Any = None, log: Callable[[str], None] = print
+    placement: Mapping[str, Any], *, router: ResourceRouter, log: Callable[[str], None] = print
 ) -> ReservationLease | None:
     """The lease of a local/docker placement's reservation (a pod's share is counted by Kubernetes
     once bound, so a kubernetes placement needs none); None without a reservation."""
     rid = placement.get("reservation_id")
     if not rid or placement.get("target") not in ("local", "docker"):
         return None
-    if router is None:
-        from include.mlops.routing.api import router_from_airflow
-
-        router = router_from_airflow()
     return ReservationLease(router.book, str(rid), log)
 
 

@@ -1,7 +1,7 @@
 """Where things are for one run of the pipeline: the profile, endpoints, data and serving folders.
 
-Built from Airflow Connections/Variables inside a task (`from_airflow`), or from
-airflow_settings.yaml for the local stack commands and tests (`from_settings_file`).
+Built from Airflow Connections/Variables inside a task (``include.mlops.airflow.config.project_settings``),
+or from airflow_settings.yaml for the local stack commands and tests (`from_settings_file`).
 """
 
 from __future__ import annotations
@@ -84,52 +84,3 @@ class ProjectSettings:
             docker_base_url=dk.host,
             image_registry=dk.extra.get("registry"),
         )
-
-    @classmethod
-    def from_airflow(cls) -> ProjectSettings:
-        """Inside a running task: Connections and Variables decide the profile and endpoints."""
-        from airflow.sdk import BaseHook, Variable
-
-        ml = BaseHook.get_connection(MLFLOW_CONN_ID)
-        ml_extra = ml.extra_dejson
-        docker_url, registry = _docker_connection()
-        return cls(
-            profile=Variable.get("mlops_profile", default="local"),
-            mlflow_tracking_uri=f"{ml.schema or 'http'}://{ml.host}:{ml.port}",
-            mlflow_backend_store=resolve_path(str(ml_extra.get("backend_store", ".local/mlflow/mlflow.db"))),
-            mlflow_artifact_root=resolve_path(str(ml_extra.get("artifact_root", ".local/mlflow/artifacts"))),
-            data_root=resolve_path(Variable.get("mlops_data_root", default=".local/data")),
-            serving_root=resolve_path(Variable.get("mlops_serving_root", default=".local/serving")),
-            registered_model=Variable.get("mlops_registered_model", default="fraud-detector"),
-            docker_base_url=docker_url,
-            image_registry=registry,
-        )
-
-
-def _docker_connection() -> tuple[str | None, str | None]:
-    """docker_default's engine URL and registry; (None, None) only when the connection is absent.
-
-    Airflow reports a connection it could not parse (a malformed AIRFLOW_CONN_ variable) or could
-    not look up as "not defined"; the variable being set tells a broken one from an absent one.
-    Anything else that goes wrong reading it fails, naming the connection: a release must never
-    read a broken connection as "no engine" and ship without an image.
-    """
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    from include.mlops.build.docker_connection import docker_endpoints
-
-    env_var = f"AIRFLOW_CONN_{DOCKER_CONN_ID.upper()}"
-    try:
-        dk = BaseHook.get_connection(DOCKER_CONN_ID)
-    except AirflowNotFoundException as exc:
-        if os.environ.get(env_var):
-            raise SettingsError(
-                f"connection {DOCKER_CONN_ID!r}: {env_var} is set but Airflow cannot read it ({exc}); "
-                "it must be a connection URI or a JSON object with conn_type and host"
-            ) from exc
-        return None, None  # really absent: the local profile runs without an engine
-    except Exception as exc:
-        raise SettingsError(f"connection {DOCKER_CONN_ID!r} could not be looked up: {exc}") from exc
-    found = docker_endpoints(DOCKER_CONN_ID, host=dk.host, port=dk.port, login=dk.login, extra=dk.extra)
-    return found.base_url, found.registry

@@ -32,10 +32,11 @@ from typing import Any
 from include.mlops.errors import SettingsError
 from include.mlops.routing.quantities import cpu_millicores, memory_mib
 from include.mlops.training.config import TrainConfig, TrainingResult
-from include.mlops.training.pod import TRAINING_IMAGE_VARIABLE, check_under_data_root
 from include.mlops.training.runner import (
     FAILURE_TAIL_LINES,
+    TRAINING_IMAGE_VARIABLE,
     Lease,
+    check_under_data_root,
     keep_renewed,
     launch_failed,
     placement_gpu_ids,
@@ -62,18 +63,17 @@ class TrainingContainerSettings:
     user: str = field(default_factory=worker_user)
 
     @classmethod
-    def from_airflow(cls, data_root: str | Path, docker_url: str | None) -> TrainingContainerSettings:
-        from airflow.sdk import Variable
-
-        image = Variable.get(TRAINING_IMAGE_VARIABLE, default=None)
+    def from_values(
+        cls, *, image: str | None, mounts: str | list[Any], data_root: str | Path, docker_url: str | None
+    ) -> TrainingContainerSettings:
+        """From the Variables' raw values (``include.mlops.airflow.config`` reads them)."""
         if not image:
             raise SettingsError(
                 f"the router placed training on the local Docker engine but Variable {TRAINING_IMAGE_VARIABLE} "
                 "(the training image, docker/train.Dockerfile) is not set (env AIRFLOW_VAR_<NAME> or "
                 "airflow_settings.yaml)"
             )
-        mounts = parse_mounts(Variable.get(MOUNTS_VARIABLE, default="[]"))
-        return cls(str(image), str(Path(data_root).resolve()), docker_url, mounts)
+        return cls(str(image), str(Path(data_root).resolve()), docker_url, parse_mounts(mounts))
 
 
 def parse_mounts(raw: str | list[Any]) -> tuple[tuple[str, str], ...]:
@@ -249,17 +249,14 @@ def run_training_container(
     placement: Mapping[str, Any],
     settings: TrainingContainerSettings,
     *,
-    context: Any = None,
     run_name: str = "run",
     log: Callable[[str], None] = print,
     lease: Lease | None = None,
 ) -> TrainingResult:
     """Run the training container to its end (or follow the one an earlier try left running), then
     read the result from the output dir. ``lease``: renewed while the container runs.
-    ``context`` is accepted for the launchers' common signature; the container needs none.
 
     Raises TrainingFailed naming the container, the image, the exit status and the last log lines."""
-    del context
     check_under_data_root(config, settings.data_root, where="the training container (bind mount)")
     config_path = write_config(config)
     spec = container_spec(str(config_path), placement, settings, run_name=run_name)

@@ -28,6 +28,8 @@ from include.mlops.training.config import TrainConfig, TrainingResult
 
 TRAIN_PYTHON_ENV = "MLOPS_TRAIN_PYTHON"
 TRAIN_MODULE = "include.mlops.training.train"
+# the training image (docker/train.Dockerfile) of the pod and container launchers
+TRAINING_IMAGE_VARIABLE = "mlops_training_image"
 CONFIG_FILE = "train_config.json"
 FAILURE_TAIL_LINES = 20
 GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
@@ -149,6 +151,17 @@ def keep_renewed(lease: Lease | None, log: Callable[[str], None] = print) -> Ite
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def check_under_data_root(config: TrainConfig, data_root: str, where: str = "the training pod") -> None:
+    root = Path(data_root)
+    for name in ("data_path", "output_dir", "checkpoint_dir"):
+        p = Path(getattr(config, name)).resolve()
+        if not p.is_relative_to(root):
+            raise SettingsError(
+                f"TrainConfig.{name}={p} is outside the data root {root}: {where} only sees the data "
+                f"root, so land batches and write runs under it"
+            )
 
 
 def write_config(config: TrainConfig) -> Path:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from include.mlops.airflow.apply_settings import apply_airflow_settings
 from include.mlops.errors import SettingsError
-from include.mlops.settings.airflow_settings import apply_airflow_settings, load_airflow_settings
+from include.mlops.settings.airflow_settings import load_airflow_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 PROJECT_FILE = ROOT / "airflow_settings.yaml"
@@ -92,7 +93,10 @@ def test_cli_applies_nothing_from_a_malformed_file(airflow_db: Path, tmp_path: P
         + "    - pool_name: broken\n      pool_slot: lots\n".replace("    - pool", "  pools2:\n    - pool")
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "include.mlops.settings.apply", str(bad)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "include.mlops.airflow.apply_settings", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert "nothing was applied" in proc.stderr and "pools2" in proc.stderr

@@ -13,7 +13,7 @@ def test_airflow_side_modules_import_without_heavy_libraries() -> None:
     code = (
         "import json, sys\n"
         "import include.mlops.training.config, include.mlops.training.runner\n"
-        "import include.mlops.training.launch, include.mlops.training.operator\n"
+        "import include.mlops.training.launch, include.mlops.airflow.training_operator\n"
         "import include.mlops.evaluation.metrics, include.mlops.evaluation.onnx_eval\n"
         "heavy = ('torch', 'pandas', 'numpy', 'onnxruntime', 'onnx', 'mlflow')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"

@@ -8,16 +8,20 @@ from types import SimpleNamespace
 import pytest
 
 from include.mlops import retraining
-from include.mlops.errors import PlacementError, SettingsError
-from include.mlops.routing.model import Claim, Explanation, Placement
-from include.mlops.training.config import TrainConfig
-from include.mlops.training.pod import (
+from include.mlops.airflow import retrain
+from include.mlops.airflow.training_pod import (
     TrainingPodSettings,
     TrainingPodSettingsMissing,
     placement_from_dict,
     run_training_pod,
     training_pod_operator,
 )
+from include.mlops.errors import PlacementError, SettingsError
+from include.mlops.routing.model import Claim, Explanation, Placement
+from include.mlops.routing.providers.local import LocalMachineProvider
+from include.mlops.routing.reservations import ReservationBook
+from include.mlops.routing.router import ResourceRouter
+from include.mlops.training.config import TrainConfig
 
 
 def _placement() -> Placement:
@@ -97,12 +101,18 @@ def test_train_refuses_a_target_without_launcher(tmp_path: Path) -> None:
     settings = SimpleNamespace(data_root=tmp_path, runs_dir=tmp_path / "runs")
     batch = tmp_path / "b.parquet"
     batch.write_bytes(b"validated bytes")
+    ident = retraining.RunIdentity("retrain", "r1")
+    placement = {"target": "slurm", "explanation_text": "an HPC queue"}
+    router = ResourceRouter(LocalMachineProvider(), ReservationBook(tmp_path / "book.sqlite"))
+    start = retrain.launcher(settings, ident, placement=placement, router=router, context=None)  # type: ignore[arg-type]
     with pytest.raises(PlacementError, match=r"placement target 'slurm' has no training launcher"):
         retraining.train(
             settings,  # type: ignore[arg-type]
-            retraining.RunIdentity("retrain", "r1"),
-            {"batch_path": str(batch), "fingerprint": fingerprint(batch)},
-            {"target": "slurm", "explanation_text": "an HPC queue"},
-            {},
+            ident,
+            validation={"batch_path": str(batch), "fingerprint": fingerprint(batch)},
+            placement=placement,
+            hyperparams={},
+            router=router,
+            launcher=start,
             log=lambda _l: None,
         )

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from include.mlops.errors import PlacementError
-from include.mlops.retraining import CapacityWait, RunIdentity, route_training, training_task_key
+from include.mlops.errors import CapacityWait, PlacementError
+from include.mlops.retraining import RunIdentity, route_training, training_task_key
 from include.mlops.routing.model import Claim
 from include.mlops.routing.providers.local import LocalMachineProvider
 from include.mlops.routing.reservations import ReservationBook

@@ -204,7 +204,7 @@ def test_a_running_trainings_reservation_outlives_its_ttl_and_is_released_at_the
                 trainer,
                 log=lambda _: None,
                 placement=placement,
-                lease=reservation_lease(placement, router),
+                lease=reservation_lease(placement, router=router),
             )
     finally:
         done.set()

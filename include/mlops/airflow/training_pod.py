@@ -25,9 +25,15 @@ from typing import Any
 from include.mlops.errors import PlacementError, SettingsError, TrainingFailed
 from include.mlops.routing.model import Placement
 from include.mlops.training.config import TrainConfig, TrainingResult
-from include.mlops.training.runner import FAILURE_TAIL_LINES, TRAIN_MODULE, launch_failed, write_config
+from include.mlops.training.runner import (
+    FAILURE_TAIL_LINES,
+    TRAIN_MODULE,
+    TRAINING_IMAGE_VARIABLE,
+    check_under_data_root,
+    launch_failed,
+    write_config,
+)
 
-TRAINING_IMAGE_VARIABLE = "mlops_training_image"
 DATA_VOLUME_CLAIM_VARIABLE = "mlops_data_volume_claim"
 KUBERNETES_CONN_ID = "kubernetes_default"
 CONTAINER_NAME = "base"  # KPO's base container: its exit code decides the task's outcome
@@ -103,17 +109,6 @@ class TrainingPodSettings:
 def _dns_label(text: str, limit: int = 40) -> str:
     label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return label[:limit].strip("-") or "run"
-
-
-def check_under_data_root(config: TrainConfig, data_root: str, where: str = "the training pod") -> None:
-    root = Path(data_root)
-    for name in ("data_path", "output_dir", "checkpoint_dir"):
-        p = Path(getattr(config, name)).resolve()
-        if not p.is_relative_to(root):
-            raise SettingsError(
-                f"TrainConfig.{name}={p} is outside the data root {root}: {where} only sees the data "
-                f"root, so land batches and write runs under it"
-            )
 
 
 def training_pod_operator(

@@ -10,11 +10,18 @@ deferred task resumes by calling a method of its own operator.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
 from include.mlops.training.launch import Launch
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from include.mlops.retraining import RunIdentity
+    from include.mlops.settings.project import ProjectSettings
+    from include.mlops.training.config import TrainConfig, TrainingResult
 
 
 class TrainingLaunchOperator(BaseOperator):
@@ -35,8 +42,11 @@ class TrainingLaunchOperator(BaseOperator):
         self.validation_task_id = validation_task_id
         self.deferrable = deferrable
 
-    def _inputs(self, context: Any) -> tuple[Any, Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    def _inputs(
+        self, context: Context
+    ) -> tuple[ProjectSettings, RunIdentity, dict[str, Any], dict[str, Any], dict[str, Any]]:
         from include.mlops import retraining
+        from include.mlops.airflow import retrain
 
         ti = context["ti"]
         placement = ti.xcom_pull(task_ids=self.route_task_id, key="placement")
@@ -47,26 +57,38 @@ class TrainingLaunchOperator(BaseOperator):
                 f"{self.validation_task_id!r} in XCom; clear those tasks to run them again"
             )
         hyperparams = retraining.hyperparams(context["params"])
-        ident = retraining.identity(context["dag_run"], ti)
-        return retraining.settings(), ident, validation, placement, hyperparams
+        ident = retrain.identity(context["dag_run"], ti)
+        return retrain.settings(), ident, validation, placement, hyperparams
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import TaskDeferred
 
         from include.mlops import retraining
+        from include.mlops.airflow import config, retrain
 
         settings, ident, validation, placement, hyperparams = self._inputs(context)
+        router = config.router()
+        start = retrain.launcher(
+            settings,
+            ident,
+            placement=placement,
+            router=router,
+            context=context,
+            deferrable=self.deferrable,
+            log=self.log.info,
+        )
         try:
             return retraining.train(
                 settings,
                 ident,
-                validation,
-                placement,
-                hyperparams,
-                log=self.log.info,
-                context=context,
+                validation=validation,
+                placement=placement,
+                hyperparams=hyperparams,
+                router=router,
+                launcher=start,
                 launch=self.launch,
-                deferrable=self.deferrable,
+                keeps_reservation=retrain.is_deferral,
+                log=self.log.info,
             )
         except TaskDeferred as deferred:
             # KPO asked to resume in its own trigger_reentry; this task resumes in self.resume
@@ -74,10 +96,25 @@ class TrainingLaunchOperator(BaseOperator):
                 trigger=deferred.trigger, method_name="resume", kwargs=deferred.kwargs, timeout=deferred.timeout
             ) from None
 
-    def resume(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    def resume(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         from include.mlops import retraining
+        from include.mlops.airflow import config
+        from include.mlops.airflow.training_pod import TrainingPodSettings, resume_training_pod
 
         settings, ident, validation, placement, hyperparams = self._inputs(context)
+        pod_settings = TrainingPodSettings.from_airflow(settings.data_root)
+
+        def resumer(cfg: TrainConfig) -> TrainingResult:
+            return resume_training_pod(
+                cfg, placement, pod_settings, event or {}, context=context, run_name=ident.safe_name, log=self.log.info
+            )
+
         return retraining.resume_training(
-            settings, ident, validation, placement, hyperparams, event or {}, log=self.log.info, context=context
+            settings,
+            ident,
+            validation=validation,
+            hyperparams=hyperparams,
+            router=config.router(),
+            resumer=resumer,
+            log=self.log.info,
         )

@@ -6,8 +6,8 @@ plugin's resource does not exist until someone creates it: ``airflow roles add-p
 ("Resource named 'Resource router' does not exist"). This creates the permissions and adds them
 to the roles named:
 
-    python -m include.mlops.routing.fab_roles Viewer Op          # read + dry run
-    python -m include.mlops.routing.fab_roles --read-only Viewer  # read only
+    python -m include.mlops.airflow.fab_roles Viewer Op          # read + dry run
+    python -m include.mlops.airflow.fab_roles --read-only Viewer  # read only
 
 Idempotent. Other auth managers decide custom views themselves (SimpleAuthManager: any role).
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from include.mlops.airflow.auth import ROUTER_RESOURCE
 from include.mlops.errors import SettingsError
-from include.mlops.routing.airflow_auth import ROUTER_RESOURCE
 
 READ_ACTION = "can_read"  # GET
 DRY_RUN_ACTION = "can_create"  # POST /dry-run
