@@ -111,7 +111,9 @@ def router() -> ResourceRouter:
 
     ``router_capacity_source``: ``local`` | ``docker`` | ``inventory:<path>`` | ``kubernetes:<conn_id>``
     (``docker``: this machine's capacity, tasks run as containers on its engine);
-    ``router_book_path``: the SQLite reservation book shared by workers and the api-server.
+    ``router_book_url``: the reservation book every worker reaches (``postgresql://...``; needed
+    when workers run on separate machines: Celery, Kubernetes executors); when empty,
+    ``router_book_path``: the SQLite file shared by the workers and api-server of one host.
     """
     from airflow.sdk import Variable
 
@@ -120,7 +122,10 @@ def router() -> ResourceRouter:
     from include.mlops.routing.router import CombinedProvider, ResourceRouter
 
     source = Variable.get("router_capacity_source", default="local")
-    book = ReservationBook(resolve_path(Variable.get("router_book_path", default=".local/router/book.sqlite")))
+    book_url = str(Variable.get("router_book_url", default="") or "").strip()
+    book = ReservationBook(
+        book_url or resolve_path(Variable.get("router_book_path", default=".local/router/book.sqlite"))
+    )
     kind, _, arg = source.partition(":")
     local = LocalMachineProvider()
     if kind == "local":

@@ -1,14 +1,16 @@
 """Short-lived reservations so two tasks deciding at once don't both take the last GPU.
 
-A SQLite file shared by every worker process on the host (or a shared volume): the
-read-place-reserve step runs in one ``BEGIN IMMEDIATE`` transaction, which SQLite
-serialises across threads and processes. Recent decisions are kept alongside for the UI.
+The book is a SQL database: a SQLite file for the local profile (one host: every worker process
+shares the file), or PostgreSQL that workers on separate machines all reach (Celery, Kubernetes
+executors). The read-place-reserve step runs in one exclusive section (``book_backends``: SQLite's
+``BEGIN IMMEDIATE``, PostgreSQL's transaction-scoped advisory lock); the claim itself (expire,
+read, reserve with a TTL, log the decision) is written once, here, for both. Recent decisions are
+kept alongside for the UI.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,27 +19,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from include.mlops.routing.book_backends import SqlBackend, backend_for
 from include.mlops.routing.model import Claim
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS reservations (
-    id TEXT PRIMARY KEY,
-    task_key TEXT NOT NULL,
-    node_name TEXT NOT NULL,
-    claim_json TEXT NOT NULL,
-    created_at_s REAL NOT NULL,
-    expires_at_s REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (expires_at_s);
-CREATE TABLE IF NOT EXISTS decisions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    decided_at_s REAL NOT NULL,
-    task_key TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    dry_run INTEGER NOT NULL,
-    body_json TEXT NOT NULL
-);
-"""
+# created if missing; the column types match the SQLite files written before the PostgreSQL backend
+_METADATA = sa.MetaData()
+_RESERVATIONS = sa.Table(
+    "reservations",
+    _METADATA,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("task_key", sa.Text, nullable=False),
+    sa.Column("node_name", sa.Text, nullable=False),
+    sa.Column("claim_json", sa.Text, nullable=False),
+    sa.Column("created_at_s", sa.Double, nullable=False),  # DOUBLE PRECISION: REAL is 4 bytes in PostgreSQL
+    sa.Column("expires_at_s", sa.Double, nullable=False),
+    sa.Index("reservations_expiry", "expires_at_s"),
+)
+_DECISIONS = sa.Table(
+    "decisions",
+    _METADATA,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("decided_at_s", sa.Double, nullable=False),
+    sa.Column("task_key", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("dry_run", sa.Integer, nullable=False),
+    sa.Column("body_json", sa.Text, nullable=False),
+    sqlite_autoincrement=True,
+)
 
 
 @dataclass(frozen=True)
@@ -80,113 +91,83 @@ def _claim_from_dict(d: dict[str, Any]) -> Claim:
 
 
 class ReservationBook:
-    """Reservations with a TTL in a SQLite file; safe across threads and processes."""
+    """Reservations with a TTL; safe across threads and processes (and machines, on PostgreSQL).
+
+    ``location``: a SQLite file path (or ``sqlite:///path``), or a ``postgresql://`` URL.
+    """
 
     def __init__(
         self,
-        path: str | Path,
+        location: str | Path,
         *,
         ttl_s: float = 180.0,
         keep_decisions: int = 500,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = Path(path)
+        self.backend: SqlBackend = backend_for(location)
         self.ttl_s = ttl_s
         self.keep_decisions = keep_decisions
         self._clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        # autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        return conn
+        # under the book's lock: concurrent first uses on PostgreSQL would race on CREATE TABLE
+        with self.backend.exclusive() as conn:
+            _METADATA.create_all(conn, checkfirst=True)
 
     @contextmanager
     def transaction(self) -> Iterator[BookTransaction]:
         """Exclusive section: read active claims, decide, reserve; other writers wait."""
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            txn = BookTransaction(self, conn, self._clock())
-            try:
-                yield txn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+        with self.backend.exclusive() as conn:
+            yield BookTransaction(self, conn, self._clock())
 
     def active(self) -> list[Reservation]:
-        conn = self._connect()
-        try:
+        with self.backend.read() as conn:
             return _active(conn, self._clock())
-        finally:
-            conn.close()
 
     def release(self, reservation_id_or_task_key: str) -> int:
         """Drop a reservation once its pod is bound (or the task gave up); returns rows removed."""
-        conn = self._connect()
-        try:
+        with self.backend.exclusive() as conn:
             cur = conn.execute(
-                "DELETE FROM reservations WHERE id = ? OR task_key = ?",
-                (reservation_id_or_task_key, reservation_id_or_task_key),
+                sa.text("DELETE FROM reservations WHERE id = :k OR task_key = :k"), {"k": reservation_id_or_task_key}
             )
-            return cur.rowcount
-        finally:
-            conn.close()
+            return int(cur.rowcount)
 
     def renew(self, reservation_id_or_task_key: str, ttl_s: float | None = None) -> int:
         """Push an unexpired reservation's expiry to now + TTL (a training that still runs holds its
         share); returns rows renewed. An expired one is not revived: its share may be placed already."""
-        now = self._clock()
-        conn = self._connect()
-        try:
+        with self.backend.exclusive() as conn:
+            now = self._clock()
+            until = now + (self.ttl_s if ttl_s is None else ttl_s)
             cur = conn.execute(
-                "UPDATE reservations SET expires_at_s = MAX(expires_at_s, ?) "
-                "WHERE (id = ? OR task_key = ?) AND expires_at_s > ?",
-                (
-                    now + (self.ttl_s if ttl_s is None else ttl_s),
-                    reservation_id_or_task_key,
-                    reservation_id_or_task_key,
-                    now,
+                sa.text(
+                    "UPDATE reservations SET expires_at_s = "
+                    "CASE WHEN expires_at_s > :until THEN expires_at_s ELSE :until END "
+                    "WHERE (id = :k OR task_key = :k) AND expires_at_s > :now"
                 ),
+                {"until": until, "k": reservation_id_or_task_key, "now": now},
             )
-            return cur.rowcount
-        finally:
-            conn.close()
+            return int(cur.rowcount)
 
     def record_dry_run(self, task_key: str, kind: str, body: dict[str, Any]) -> bool:
         """Log a dry run's decision unless a writer holds the book right now; never waits for it.
 
-        A dry run places against the committed reservations (a WAL read takes no lock), so it can
+        A dry run places against the committed reservations (a plain read takes no lock), so it can
         neither delay a real placement nor be delayed by one; while a writer holds the book its log
         entry is dropped (returns False) instead of queueing behind the writer.
         """
-        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
-        try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:  # "database is locked": a placement is being written
+        with self.backend.try_exclusive() as conn:
+            if conn is None:  # a placement is being written
                 return False
             BookTransaction(self, conn, self._clock()).record_decision(task_key, kind, body, dry_run=True)
-            conn.execute("COMMIT")
             return True
-        finally:
-            conn.close()
 
     def recent_decisions(self, limit: int = 50) -> list[dict[str, Any]]:
-        conn = self._connect()
-        try:
+        with self.backend.read() as conn:
             rows = conn.execute(
-                "SELECT seq, decided_at_s, task_key, kind, dry_run, body_json FROM decisions ORDER BY seq DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        finally:
-            conn.close()
+                sa.text(
+                    "SELECT seq, decided_at_s, task_key, kind, dry_run, body_json FROM decisions "
+                    "ORDER BY seq DESC LIMIT :limit"
+                ),
+                {"limit": limit},
+            ).all()
         return [
             {"seq": s, "decided_at_s": t, "task_key": k, "decision": kind, "dry_run": bool(d), **json.loads(b)}
             for s, t, k, kind, d, b in rows
@@ -194,41 +175,59 @@ class ReservationBook:
 
 
 class BookTransaction:
-    def __init__(self, book: ReservationBook, conn: sqlite3.Connection, now_s: float) -> None:
+    """The claim, inside the book's exclusive section: the same statements on every backend."""
+
+    def __init__(self, book: ReservationBook, conn: Connection, now_s: float) -> None:
         self._book = book
         self._conn = conn
         self.now_s = now_s
 
     def active(self, *, exclude_task_key: str = "") -> list[Reservation]:
         """Unexpired reservations; a retried task does not compete with its own earlier one."""
-        self._conn.execute("DELETE FROM reservations WHERE expires_at_s <= ?", (self.now_s,))
+        self._conn.execute(sa.text("DELETE FROM reservations WHERE expires_at_s <= :now"), {"now": self.now_s})
         return [r for r in _active(self._conn, self.now_s) if not exclude_task_key or r.task_key != exclude_task_key]
 
     def reserve(self, task_key: str, claim: Claim) -> Reservation:
         if task_key:
             # idempotent per task run: a retry replaces its own reservation
-            self._conn.execute("DELETE FROM reservations WHERE task_key = ?", (task_key,))
+            self._conn.execute(sa.text("DELETE FROM reservations WHERE task_key = :k"), {"k": task_key})
         r = Reservation(uuid.uuid4().hex, task_key, claim, self.now_s, self.now_s + self._book.ttl_s)
         self._conn.execute(
-            "INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?)",
-            (r.id, task_key, claim.node_name, json.dumps(_claim_to_dict(claim)), r.created_at_s, r.expires_at_s),
+            _RESERVATIONS.insert(),
+            {
+                "id": r.id,
+                "task_key": task_key,
+                "node_name": claim.node_name,
+                "claim_json": json.dumps(_claim_to_dict(claim)),
+                "created_at_s": r.created_at_s,
+                "expires_at_s": r.expires_at_s,
+            },
         )
         return r
 
     def record_decision(self, task_key: str, kind: str, body: dict[str, Any], *, dry_run: bool) -> None:
         self._conn.execute(
-            "INSERT INTO decisions (decided_at_s, task_key, kind, dry_run, body_json) VALUES (?, ?, ?, ?, ?)",
-            (self.now_s, task_key, kind, int(dry_run), json.dumps(body)),
+            _DECISIONS.insert(),
+            {
+                "decided_at_s": self.now_s,
+                "task_key": task_key,
+                "kind": kind,
+                "dry_run": int(dry_run),
+                "body_json": json.dumps(body),
+            },
         )
         self._conn.execute(
-            "DELETE FROM decisions WHERE seq <= (SELECT MAX(seq) FROM decisions) - ?", (self._book.keep_decisions,)
+            sa.text("DELETE FROM decisions WHERE seq <= (SELECT MAX(seq) FROM decisions) - :keep"),
+            {"keep": self._book.keep_decisions},
         )
 
 
-def _active(conn: sqlite3.Connection, now_s: float) -> list[Reservation]:
+def _active(conn: Connection, now_s: float) -> list[Reservation]:
     rows = conn.execute(
-        "SELECT id, task_key, claim_json, created_at_s, expires_at_s FROM reservations "
-        "WHERE expires_at_s > ? ORDER BY created_at_s",
-        (now_s,),
-    ).fetchall()
+        sa.text(
+            "SELECT id, task_key, claim_json, created_at_s, expires_at_s FROM reservations "
+            "WHERE expires_at_s > :now ORDER BY created_at_s"
+        ),
+        {"now": now_s},
+    ).all()
     return [Reservation(i, k, _claim_from_dict(json.loads(c)), cr, ex) for i, k, c, cr, ex in rows]

@@ -11,7 +11,7 @@ import pytest
 
 from include.mlops.errors import PlacementError, SettingsError
 from include.mlops.routing.kpo import kpo_kwargs
-from include.mlops.routing.model import Placement, TaskRequest, WaitDecision
+from include.mlops.routing.model import Claim, Placement, TaskRequest, WaitDecision
 from include.mlops.routing.providers.local import LocalMachineProvider
 from include.mlops.routing.providers.static import StaticInventoryProvider
 from include.mlops.routing.reservations import ReservationBook
@@ -167,3 +167,21 @@ def test_a_finished_training_releases_its_claim_so_the_next_one_fits(tmp_path: P
     assert release_training("retrain/run-1/train", router=router, log=lambda _m: None) == 0  # idempotent
     third = place_training("retrain/run-2/train", request, router=router, log=lambda _m: None)
     assert third["decision"] == "place" and third["target"] == "local"
+
+
+def test_a_book_location_of_another_database_or_an_unreachable_server_is_refused_naming_it(tmp_path: Path):
+    from include.mlops.routing.book_backends import BookUnavailableError
+    from tests.conftest import free_port
+
+    with pytest.raises(BookUnavailableError, match=r"router book URL scheme 'mysql'"):
+        ReservationBook("mysql://u:p@127.0.0.1/book")
+    with pytest.raises(BookUnavailableError, match=r"sqlite://: name a file"):
+        ReservationBook("sqlite://")
+    port = free_port()  # nothing listens there
+    with pytest.raises(BookUnavailableError, match=rf"127.0.0.1:{port}/book: cannot connect") as err:
+        ReservationBook(f"postgresql://airflow:s3cret@127.0.0.1:{port}/book")
+    assert "s3cret" not in str(err.value)
+    # a sqlite:/// URL names the same file as its path
+    with ReservationBook(f"sqlite:///{tmp_path}/b.sqlite", ttl_s=60).transaction() as txn:
+        txn.reserve("k", Claim(node_name="n", cpu_millicores=100))
+    assert [r.task_key for r in ReservationBook(tmp_path / "b.sqlite").active()] == ["k"]
