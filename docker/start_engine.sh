@@ -53,8 +53,9 @@ if engine_up >/dev/null 2>&1; then
   echo "dockerd: already running"
 else
   # containerd is started by dockerd itself when no system containerd socket answers.
+  # --no-new-privileges: engines before API 1.46 cannot set it per Swarm service (serving, swarm.py)
   echo "dockerd: starting (log: $STATE/dockerd.log)"
-  setsid nohup dockerd --host "unix://$SOCK" >"$STATE/dockerd.log" 2>&1 </dev/null &
+  setsid nohup dockerd --host "unix://$SOCK" --no-new-privileges >"$STATE/dockerd.log" 2>&1 </dev/null &
   echo $! >"$STATE/dockerd.pid"
   wait_for dockerd engine_up
 fi
@@ -76,6 +77,18 @@ else
     setsid nohup docker-registry serve "$HERE/registry.yml" >"$STATE/registry.log" 2>&1 </dev/null &
   echo $! >"$STATE/registry.pid"
   wait_for registry registry_up
+fi
+
+# the docker profile serves on Swarm services (include/mlops/deploy/swarm.py): a one-node swarm with
+# its control plane (2377) and gossip (7946) on loopback, and no routing mesh: serving publishes no
+# port, so the ingress overlay (VXLAN on 0.0.0.0:4789) is removed. An active swarm is left as it is.
+swarm_state=$(docker -H "unix://$SOCK" info --format '{{.Swarm.LocalNodeState}}')
+if [[ $swarm_state == active ]]; then
+  echo "swarm: already active"
+else
+  docker -H "unix://$SOCK" swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 >/dev/null
+  echo y | docker -H "unix://$SOCK" network rm ingress >/dev/null
+  echo "swarm: initialised (one manager node on 127.0.0.1:2377, no ingress network)"
 fi
 
 echo "engine: $(engine_up) ($(docker -H "unix://$SOCK" info --format '{{.Driver}}') storage driver) at unix://$SOCK"
