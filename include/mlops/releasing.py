@@ -165,9 +165,19 @@ def serving_target(settings: ProjectSettings, model_name: str | None = None) -> 
         from include.mlops.deploy.local import LocalProcessTarget
 
         return LocalProcessTarget(settings.serving_root / model_name, python_executable=sys.executable)
+    if settings.profile == "docker":
+        from include.mlops.deploy.swarm import SwarmTarget
+
+        return SwarmTarget(
+            settings.serving_root / model_name,
+            model_name,
+            registry=settings.image_registry or "",
+            replicas=settings.serving_replicas,
+            base_url=settings.docker_base_url,
+        )
     raise DeployError(
-        f"profile {settings.profile!r}: no serving target implemented yet in this build (local only); "
-        "set Variable mlops_profile=local"
+        f"profile {settings.profile!r}: no serving target implemented yet in this build (local and docker); "
+        "set Variable mlops_profile=local or docker"
     )
 
 
@@ -436,6 +446,8 @@ def analyse(
             failure_limit=params.failure_limit,
             thresholds=params.thresholds(),
             on_step=on_step,
+            # a target with several replicas per track merges their samples (swarm.SwarmSampleSource)
+            sample_source=target.sample_source() if hasattr(target, "sample_source") else None,
         )
     for incident in outcome.incidents:
         log(f"during the analysis: {incident}")

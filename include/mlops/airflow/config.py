@@ -43,6 +43,7 @@ def project_settings() -> ProjectSettings:
         registered_model=Variable.get("mlops_registered_model", default="fraud-detector"),
         docker_base_url=docker_url,
         image_registry=registry,
+        serving_replicas=int(Variable.get("mlops_serving_replicas", default="2")),
     )
 
 

@@ -101,10 +101,10 @@ class SwarmTarget:
     @property
     def client(self) -> DockerClient:
         if self._client is None:
-            import docker
+            from docker.client import DockerClient
 
             url = self.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-            self._client = docker.DockerClient(base_url=url, version="auto", timeout=60)
+            self._client = DockerClient(base_url=url, version="auto", timeout=60)
         return self._client
 
     def _service(self, track: str) -> Any | None:

@@ -44,6 +44,8 @@ class ProjectSettings:
     registered_model: str
     docker_base_url: str | None
     image_registry: str | None
+    # replicas per track of the docker profile's Swarm services (Variable mlops_serving_replicas)
+    serving_replicas: int = 2
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -83,4 +85,5 @@ class ProjectSettings:
             registered_model=s.variable("mlops_registered_model"),
             docker_base_url=dk.host,
             image_registry=dk.extra.get("registry"),
+            serving_replicas=int(s.variable("mlops_serving_replicas")),
         )
