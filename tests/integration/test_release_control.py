@@ -292,8 +292,9 @@ def test_a_router_failure_while_starting_a_canary_does_not_reject_the_version(wo
     plan = world.plan(v2)
     router = world.target().status()
     http_port = int(router.router_url.rsplit(":", 1)[1])
-    caddy_pid = json.loads(world.target().state_path.read_text())["router"]["pid"]
-    os.kill(caddy_pid, signal.SIGKILL)
+    # the router's socket holder: Caddy dies with it, and the port is free for the squatter
+    holder_pid = json.loads(world.target().state_path.read_text())["router"]["pid"]
+    os.kill(holder_pid, signal.SIGKILL)
     with socket.socket() as squatter:  # the router's port is taken: Caddy cannot come back
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         deadline = time.monotonic() + 5

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, Servin
 from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
 
 SERVER_MODULE = "include.mlops.serving.server"
+CADDY_PID_FILE = "caddy.pid"  # written by router_holder.py: the Caddy serving now
 
 
 def free_port() -> int:
@@ -290,6 +292,13 @@ class LocalProcessTarget:
         """True if the backend's server process still runs (the very process that was started)."""
         return self._backend_alive(b)
 
+    def router_caddy_pid(self) -> int | None:
+        """The pid of the Caddy process serving now (its holder restarts it under a new pid)."""
+        try:
+            return int((self.state_dir / CADDY_PID_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
     def health(self) -> ServingHealth:
         """Which recorded processes run now: a read of state.json and /proc, no lock, no HTTP."""
         st = self._read()
@@ -359,10 +368,13 @@ class LocalProcessTarget:
         """Push the split from state to Caddy and keep the on-disk config in step (for restarts)."""
         router = st["router"]
         split = self._split(st)
-        caddy.apply_split(router["admin_port"], split)
-        (self.state_dir / "caddy.json").write_text(
-            json.dumps(caddy.caddy_config(router["http_port"], router["admin_port"], split), indent=2)
+        # the file first: a Caddy that dies between the two is restarted by its holder from this file,
+        # so it comes back with the new split, never the one before
+        _write_atomic(
+            self.state_dir / "caddy.json",
+            json.dumps(caddy.caddy_config(router["http_port"], router["admin_port"], split), indent=2),
         )
+        caddy.apply_split(router["admin_port"], split)
 
     def _split(self, st: dict[str, Any]) -> caddy.Split:
         stable = st["stable"]
@@ -382,7 +394,7 @@ class LocalProcessTarget:
         http_port = router["http_port"] if router else free_port()
         admin_port = free_port()
         cfg_path = self.state_dir / "caddy.json"
-        cfg_path.write_text(json.dumps(caddy.caddy_config(http_port, admin_port, self._split(st)), indent=2))
+        _write_atomic(cfg_path, json.dumps(caddy.caddy_config(http_port, admin_port, self._split(st)), indent=2))
         exe = self.caddy_executable or caddy.find_caddy()
         log_path = self.state_dir / "caddy.log"
         env = {
@@ -391,15 +403,15 @@ class LocalProcessTarget:
             "XDG_DATA_HOME": str(self.state_dir / "caddy-data"),
             "XDG_CONFIG_HOME": str(self.state_dir / "caddy-config"),
         }
+        # the holder owns the listening socket and restarts Caddy on it (router_holder.py's docstring):
+        # the recorded router pid is the holder's; the running Caddy's pid is in caddy.pid
+        holder = Path(__file__).with_name("router_holder.py")
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [exe, "run", "--config", str(cfg_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=env,
-            )
+                [sys.executable, str(holder), "--caddy", exe, "--config", str(cfg_path), "--port", str(http_port),
+                 "--pid-file", str(self.state_dir / CADDY_PID_FILE), "--events", str(self.state_dir / "events.jsonl")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+            )  # fmt: skip
         st["router"] = {
             "pid": proc.pid,
             "pid_start_ticks": _start_ticks(proc.pid),
@@ -411,7 +423,7 @@ class LocalProcessTarget:
         deadline = time.monotonic() + 15.0
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise DeployError(f"caddy exited with {proc.returncode}. Log tail:\n{_log_tail(str(log_path))}")
+                raise DeployError(f"the router (caddy and its socket holder) exited with {proc.returncode}. Log tail:\n{_log_tail(str(log_path))}")
             if caddy.current_split(admin_port) is not None and _port_open(http_port):
                 self._event("router_started", pid=proc.pid, http_port=http_port, admin_port=admin_port)
                 return
@@ -550,6 +562,12 @@ def _describe_owner(owner: dict[str, Any] | None) -> str:
     if not owner:
         return "(owner not recorded)"
     return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _port_open(port: int) -> bool:
