@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -73,11 +72,6 @@ def _placement(cpu: str = "1", memory: str = "2Gi", gpu_devices: tuple[int, ...]
     }
 
 
-def _context() -> dict[str, Any]:
-    ti = SimpleNamespace(dag_id="retrain", task_id="train.cpu", run_id="manual__1", try_number=1, map_index=-1)
-    return {"ti": ti, "task_instance": ti, "run_id": "manual__1"}
-
-
 def test_training_runs_in_a_container_with_the_placements_limits(trainer_image: str, data_root: Path) -> None:
     import docker
 
@@ -91,7 +85,6 @@ def test_training_runs_in_a_container_with_the_placements_limits(trainer_image: 
         fast_config(data_root),
         _placement(cpu="1500m", memory="3Gi"),
         settings,
-        context=_context(),
         run_name="manual__1",
         log=logs.append,
     )
@@ -122,9 +115,7 @@ def test_a_failing_training_names_the_container_exit_and_log_tail(trainer_image:
     broken = data_root / "landing" / "broken.parquet"
     broken.write_bytes(b"not parquet")
     with pytest.raises(TrainingFailed) as err:
-        run_training_container(
-            fast_config(data_root, broken), _placement(), settings, context=_context(), run_name="manual__2"
-        )
+        run_training_container(fast_config(data_root, broken), _placement(), settings, run_name="manual__2")
     text = str(err.value)
     assert "training container mlops-train-manual__2" in text and trainer_image in text
     assert "Last log lines:" in text and "broken.parquet" in text, text
@@ -138,7 +129,7 @@ def test_config_outside_the_data_root_is_refused_before_any_container(data_root:
         checkpoint_dir=str(data_root / "ck"),
     )
     with pytest.raises(SettingsError, match=r"outside the data root .* the training container"):
-        run_training_container(config, _placement(), settings, context=_context())
+        run_training_container(config, _placement(), settings)
 
 
 def test_limits_and_mount_settings() -> None:
