@@ -18,10 +18,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.mlops.errors import BackendNotReady, CanaryFailed, DeployError, InvalidReleaseParams, ServingBusy
 from include.mlops.settings.project import ProjectSettings
+
+if TYPE_CHECKING:
+    # imported where used: the DAG's parse and the release's light steps load neither MLflow nor the targets
+    from include.mlops.canary.analysis import CanaryThresholds
+    from include.mlops.deploy.target import DeployTarget, ModelRef
+    from include.mlops.registry.mlflow_registry import MlflowRegistry
 
 Log = Callable[[str], None]
 REJECTED_TAG = "release.status"
@@ -131,7 +137,7 @@ class ReleaseParams:
         """Steps analysed against the stable; the final 100 % is the promotion itself."""
         return tuple(s for s in self.steps_pct if s < 100)
 
-    def thresholds(self) -> Any:
+    def thresholds(self) -> CanaryThresholds:
         from include.mlops.canary.analysis import CanaryThresholds
 
         return CanaryThresholds(
@@ -147,7 +153,7 @@ _RESERVED_SERVING_NAMES = ("models", "analyses")
 _SERVED_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 
 
-def serving_target(settings: ProjectSettings, model_name: str | None = None) -> Any:
+def serving_target(settings: ProjectSettings, model_name: str | None = None) -> DeployTarget:
     """The deploy target of one registered model on the profile (one place that maps profile -> implementation).
 
     Each model name is served on its own (serving_root/<model_name>: its router, stable and
@@ -181,7 +187,7 @@ def serving_target(settings: ProjectSettings, model_name: str | None = None) -> 
     )
 
 
-def _registry(settings: ProjectSettings) -> Any:
+def _registry(settings: ProjectSettings) -> MlflowRegistry:
     from include.mlops.registry.mlflow_registry import MlflowRegistry
 
     return MlflowRegistry(settings.mlflow_tracking_uri)
@@ -226,9 +232,10 @@ def requested_params(
     return out
 
 
-def _state_lost(target: Any) -> bool:
+def _lost_state_file(target: DeployTarget) -> Path | None:
+    """The serving-state file a target keeps (a local one does) when it does not exist now."""
     path = getattr(target, "state_path", None)
-    return path is not None and not Path(path).exists()
+    return Path(path) if path is not None and not Path(path).exists() else None
 
 
 def _describe(owner: dict[str, Any] | None) -> str:
@@ -268,10 +275,11 @@ def plan_release(
             f"is in progress with canary v{state.canary.version} at {state.canary_weight_pct} %; wait for it, "
             "or run the rollback DAG to remove its canary"
         )
-    if state.stable is None and champion is not None and _state_lost(target) and not params.reset_serving_state:
+    lost = _lost_state_file(target)
+    if state.stable is None and champion is not None and lost is not None and not params.reset_serving_state:
         raise InvalidReleaseParams(
             f"{params.model_name} has champion v{champion.version} but its serving state "
-            f"{target.state_path} does not exist (lost or never written on this machine): a release now would "
+            f"{lost} does not exist (lost or never written on this machine): a release now would "
             f"put v{ref.version} at 100 % without canary analysis or approval. Restore that file, or set "
             "param reset_serving_state=true to serve this version as a first release"
         )
@@ -334,7 +342,7 @@ def build_image(settings: ProjectSettings, plan: dict[str, Any], log: Log = prin
     return built.to_dict()
 
 
-def _model_ref(settings: ProjectSettings, plan: dict[str, Any], image: dict[str, Any] | None) -> Any:
+def _model_ref(settings: ProjectSettings, plan: dict[str, Any], image: dict[str, Any] | None) -> ModelRef:
     from include.mlops.deploy.target import ModelRef
 
     digest = (image or {}).get("digest")
@@ -370,7 +378,7 @@ def deploy_canary(
         for what in target.restore():  # a dead stable (or router) comes back before anything else
             log(f"restored {what}: it was not running")
     if stable is not None and stable.version == plan["version"] and target.status().canary is None:
-        return {"first_release": True, "stable": target.status().stable.to_json()}
+        return {"first_release": True, "stable": (target.status().stable or stable).to_json()}
     try:
         backend = target.start_canary(model, ready_timeout_s=params["ready_timeout_s"], owner=plan.get("owner"))
     except BackendNotReady as e:
@@ -412,6 +420,8 @@ def analyse(
     params = ReleaseParams.from_params(plan["params"])
     target = serving_target(settings, plan["model_name"])
     router_url = target.status().router_url
+    if router_url is None:
+        raise DeployError(f"{plan['model_name']}: the serving target has no router to send the analysis load to")
     out_dir = settings.serving_root / "analyses" / f"{plan['model_name']}-v{plan['version']}-{int(time.time())}"
     out_dir.mkdir(parents=True, exist_ok=True)
 

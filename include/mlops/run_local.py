@@ -106,12 +106,14 @@ def main() -> int:
         rc2, run2, _ = run_dag("release", conf)
         summary["release_run_id"] = run2.run_id if run2 else None
         summary["release_state"] = run2.state if run2 else "not started"
+        from include.mlops.deploy.local import LocalProcessTarget
         from include.mlops.releasing import serving_target
 
         target = serving_target(settings)
         state = target.status()
         if state.stable is not None:
             summary["serving"] = f"v{state.stable.version} at {state.router_url}/predict (stops with `make down`)"
+        if state.stable is not None and isinstance(target, LocalProcessTarget):
             from include.mlops.deploy import supervisor
 
             # restarts a crashed stable or router until `make down` (the DAGs are not running now)

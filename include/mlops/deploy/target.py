@@ -76,8 +76,10 @@ class DeployTarget(Protocol):
 
     def status(self) -> ServingState: ...
 
-    def ensure_stable(self, model: ModelRef) -> Backend:
-        """Serve `model` as stable with 100 % of the traffic (first deployment or a direct replacement)."""
+    def ensure_stable(self, model: ModelRef, ready_timeout_s: float = 60.0) -> Backend:
+        """Serve `model` as stable with 100 % of the traffic (first deployment or a direct replacement).
+
+        BackendNotReady (the old stable left serving) if it never gets ready within ``ready_timeout_s``."""
         ...
 
     def start_canary(
