@@ -39,10 +39,11 @@ TRAINING_CODE = (
     "include/mlops/training/config.py",
     "include/mlops/data/features.py",
     "include/mlops/data/schema.py",
+    "include/mlops/data/batches.py",
     "requirements-train.txt",
 )
 # TrainConfig fields that name this run's folders, not how the model is trained
-PER_RUN_CONFIG_FIELDS = frozenset({"data_path", "output_dir", "checkpoint_dir"})
+PER_RUN_CONFIG_FIELDS = frozenset({"data_path", "data_fingerprint", "output_dir", "checkpoint_dir"})
 Log = Callable[[str], None]
 # Starts (or resumes) the training of a config where the placement says; returns its result.
 TrainingLauncher = Callable[["TrainConfig"], "TrainingResult"]
@@ -281,6 +282,7 @@ def train_config(
     run_dir = settings.runs_dir / ident.safe_name
     return TrainConfig(
         data_path=validation["batch_path"],
+        data_fingerprint=validation["fingerprint"],
         output_dir=str(run_dir / "output"),
         checkpoint_dir=str(run_dir / "checkpoints"),
         **hyperparams,

@@ -45,6 +45,9 @@ class TrainConfig:
     # A small MLP gains nothing from intra-op threads, and on a shared CPU extra threads
     # spin against other work (measured: 2 threads up to 35x slower than 1 under load).
     cpu_threads: int = 1
+    # sha256 of the batch's bytes as validation pinned it: the trainer refuses any other bytes,
+    # checked on the very bytes it parses (None: an ad-hoc run of the trainer, nothing pinned)
+    data_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         # Accept Path objects and JSON lists, store the canonical types (frozen: object.__setattr__).

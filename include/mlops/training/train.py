@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from include.mlops.data.batches import read_batch
 from include.mlops.data.schema import (
     BOOLEAN_FEATURES,
     CATEGORICAL_FEATURES,
@@ -80,7 +81,13 @@ def load_batch(config: TrainConfig) -> pd.DataFrame:
     if not path.exists():
         raise BatchReadError(f"data_path {path} does not exist")
     try:
-        df = pd.read_parquet(path)
+        if config.data_fingerprint is not None:
+            # the bytes validation pinned, hashed and parsed from one read (BatchChangedError else)
+            df = read_batch(path, expected_fingerprint=config.data_fingerprint)
+        else:
+            df = pd.read_parquet(path)
+    except BatchReadError:
+        raise
     except Exception as exc:  # pyarrow raises several unrelated types for bad files
         raise BatchReadError(f"data_path {path} is not a readable parquet file/dir: {exc}") from exc
     if config.max_rows is not None:
