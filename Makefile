@@ -50,13 +50,17 @@ settings: $(VENV)/.installed
 	$(VENV)/bin/python -m include.mlops.stack init
 
 # Docker engine, local registry and the offline base image, and PostgreSQL's server binaries for `make up`
-# and the runtime tests (root + apt; skipped with a reason otherwise).
+# and the runtime tests, Debian's chromium (the history page's browser test) and prometheus (promtool)
+# (root + apt; skipped with a reason otherwise).
 # Under CI=true (.ci/run) a machine that cannot start them fails here: the CI must run the engine tests.
 services:
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  bash docker/start_engine.sh && bash docker/bootstrap_base.sh && \
 	  { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }; }; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }; } && \
+	  { command -v chromium >/dev/null && command -v promtool >/dev/null || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium prometheus >/dev/null; }; }; \
 	elif [ "$${CI:-}" = true ]; then \
 	  echo "CI=true but not root or no apt-get: cannot start the Docker engine and registry the tests need" >&2; exit 1; \
 	else echo "not root or no apt-get: Docker engine not started; tests that need it will skip with the reason"; fi

@@ -74,3 +74,7 @@ class RegistryUnavailable(MlopsError):
     Never read as "absent": a missing champion would let a challenger pass the gate unopposed,
     and a missing version would be registered twice. The task fails; its retry asks again.
     """
+
+
+class InvalidHistoryQuery(MlopsError):
+    """A release-history query names a filter or page that breaks a rule."""
