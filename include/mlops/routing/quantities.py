@@ -5,27 +5,23 @@ CPU is counted in millicores, memory in MiB, so arithmetic stays exact and fast.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from include.mlops.errors import PlacementError
 
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
-            "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
-            "P": Decimal(10**15), "E": Decimal(10**18)}  # fmt: skip
-
 
 def parse_quantity(text: str | int | float) -> Decimal:
-    """Parse a k8s quantity ("500m", "16Gi", "2", "1e3") into its plain value."""
-    s = str(text).strip()
+    """Parse a k8s quantity ("500m", "16Gi", "2", "1e3") into its plain value.
+
+    The Kubernetes client's own parser, so "16Gi" means here what it means to the API server.
+    Imported on first use: the client package takes ~1 s to import, and most callers (the DAG
+    files, the trainer's environment, which lacks it) never parse a quantity.
+    """
+    from kubernetes.utils.quantity import parse_quantity as k8s_parse_quantity
+
     try:
-        for suffix, factor in _BINARY.items():
-            if s.endswith(suffix):
-                return Decimal(s[: -len(suffix)]) * factor
-        if s and s[-1] in "numkMGTPE":
-            return Decimal(s[:-1]) * _DECIMAL[s[-1]]
-        return Decimal(s)
-    except (InvalidOperation, IndexError) as exc:
+        return Decimal(k8s_parse_quantity(text))
+    except (ValueError, TypeError) as exc:
         raise PlacementError(f"not a Kubernetes quantity: {text!r} (expected e.g. '500m', '16Gi', '2')") from exc
 
 
