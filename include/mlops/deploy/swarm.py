@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Any
 from include.mlops.canary.analysis import Samples
 from include.mlops.deploy import caddy
 from include.mlops.deploy import swarm_services as sv
-from include.mlops.deploy.local import _log_tail, _port_open, _start_ticks, free_port, pid_alive
+from include.mlops.deploy.process import free_port, pid_alive
+from include.mlops.deploy.process import log_tail as _log_tail
+from include.mlops.deploy.process import port_open as _port_open
+from include.mlops.deploy.process import start_ticks as _start_ticks
 from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
 from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
 
@@ -454,7 +457,7 @@ class SwarmTarget:
         if router is None or not pid_alive(router["pid"], router.get("pid_start_ticks")):
             self._start_router(split, router)
         else:
-            caddy.apply_split(router["admin_port"], split)
+            _patch_handler(router["admin_port"], _handler(split))
 
     def _start_router(self, split: ReplicaSplit, old: dict[str, Any] | None) -> None:
         exe = self.caddy_executable or caddy.find_caddy()
@@ -462,7 +465,9 @@ class SwarmTarget:
         http_port = old["http_port"] if old and not _port_open(old["http_port"]) else free_port()
         admin_port = free_port()
         cfg_path = self.state_dir / "caddy.json"
-        cfg_path.write_text(json.dumps(caddy.caddy_config(http_port, admin_port, split), indent=2))
+        config = caddy.caddy_config(http_port, admin_port, split)
+        config["apps"]["http"]["servers"]["router"]["routes"] = [{"handle": [_handler(split)]}]
+        cfg_path.write_text(json.dumps(config, indent=2))
         log_path = self.state_dir / "caddy.log"
         env = {"HOME": str(self.state_dir), "XDG_DATA_HOME": str(self.state_dir / "caddy-data"),
                "XDG_CONFIG_HOME": str(self.state_dir / "caddy-config"), "PATH": "/usr/bin:/bin"}  # fmt: skip
@@ -511,6 +516,33 @@ class SwarmSampleSource:
         keys = ("ts", "latency_ms", "status", "mean_prediction", "non_finite")
         rows = sorted(zip(*([x for p in parts for x in p.get(k, ())] for k in keys), strict=True), key=lambda r: r[0])
         return Samples.from_json({k: [row[i] for row in rows] for i, k in enumerate(keys)})
+
+
+# Caddy's active checks give a server 400 ms (caddy.HEALTH_TIMEOUT): right for the local profile's
+# processes, but a replica capped at half a core answered in over 400 ms while two others loaded
+# their model, and with every replica marked down at once the router answered 503 "no upstreams
+# available" (16 requests in one promotion). Swarm's own healthcheck takes a hung replica out;
+# Caddy's passive checks still drop a refused or failing replica on the first error.
+ACTIVE_HEALTH_TIMEOUT = "2s"
+
+
+def _handler(split: ReplicaSplit) -> dict[str, Any]:
+    handler = caddy.proxy_handler(split)
+    handler["health_checks"]["active"]["timeout"] = ACTIVE_HEALTH_TIMEOUT
+    return handler
+
+
+def _patch_handler(admin_port: int, handler: dict[str, Any], timeout_s: float = 10.0) -> None:
+    """Replace the proxy handler through Caddy's admin API (in-flight requests finish on the old one)."""
+    import httpx
+
+    url = f"http://127.0.0.1:{admin_port}/id/{caddy.PROXY_ID}"
+    try:
+        resp = httpx.patch(url, json=handler, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise DeployError(f"Caddy admin API at {url} unreachable: {exc}") from exc
+    if resp.status_code != 200:
+        raise DeployError(f"Caddy refused the new weights ({resp.status_code}): {resp.text[:300]}")
 
 
 def _drain(urls: list[str], timeout_s: float) -> None:

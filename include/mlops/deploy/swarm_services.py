@@ -25,13 +25,18 @@ SERVING_NETWORK = "mlops-serving"
 SERVER_UID = "10001:10001"  # the serving image's user (docker/serve.Dockerfile)
 NS = 1_000_000_000
 # the image's own HEALTHCHECK polls every 10 s; a replica must be judged ready within a release's
-# ready_timeout_s, so the service polls every 2 s (a Python start per poll: ~40 ms of CPU)
+# ready_timeout_s, so the service polls every 2 s (a Python start per poll: ~40 ms of CPU). A server
+# loads its model in 5-8 s here; one still failing after the 15 s start period and 3 more polls is
+# unhealthy, and Swarm replaces it, which `docker service ps` then names (the readiness error).
 HEALTH_CMD = [
     "CMD",
     "python",
     "-c",
     "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health/ready', timeout=2)",
 ]
+# a poll starts a Python interpreter: 0.1 s idle, over 2 s seen while two other replicas load their
+# model on this 2-core machine; a 2 s timeout then had Swarm replace healthy replicas as unhealthy
+HEALTH_TIMEOUT_S = 8
 _NAME_BAD = re.compile(r"[^a-z0-9-]+")
 
 
@@ -39,7 +44,8 @@ _NAME_BAD = re.compile(r"[^a-z0-9-]+")
 class ServiceLimits:
     """Per-replica resources: limits cap a replica, reservations keep Swarm from over-packing the node."""
 
-    cpu_limit: float = 1.0
+    # half a core: replicas that load their model at once cannot starve those serving (2-core host)
+    cpu_limit: float = 0.5
     memory_limit_bytes: int = 512 * 2**20
     cpu_reservation: float = 0.1
     memory_reservation_bytes: int = 160 * 2**20
@@ -130,7 +136,9 @@ def service_spec(
         "env": [f"{k}={v}" for k, v in env.items()],
         "mode": ServiceMode("replicated", replicas=replicas),
         "networks": [network],
-        "healthcheck": Healthcheck(test=HEALTH_CMD, interval=2 * NS, timeout=2 * NS, retries=3, start_period=30 * NS),
+        "healthcheck": Healthcheck(
+            test=HEALTH_CMD, interval=2 * NS, timeout=HEALTH_TIMEOUT_S * NS, retries=3, start_period=15 * NS
+        ),
         "resources": Resources(
             cpu_limit=int(limits.cpu_limit * NS),
             mem_limit=limits.memory_limit_bytes,
@@ -138,7 +146,9 @@ def service_spec(
             mem_reservation=limits.memory_reservation_bytes,
             generic_resources=generic,
         ),
-        "restart_policy": RestartPolicy(condition="on-failure", delay=NS, max_attempts=0),
+        # "any", not "on-failure": a replica Swarm stops as unhealthy exits 0 on SIGTERM, and Swarm 20.10
+        # records it 'complete', which on-failure never restarts (seen: a service left with 0 replicas)
+        "restart_policy": RestartPolicy(condition="any", delay=NS, max_attempts=0),
         "update_config": UpdateConfig(failure_action="rollback", max_failure_ratio=0.0, **update),
         "rollback_config": RollbackConfig(failure_action="pause", **update),
         "read_only": True,
@@ -199,15 +209,39 @@ def running_replicas(service: Any, network: str = SERVING_NETWORK) -> list[Repli
     return sorted(out, key=lambda r: tuple(int(p) for p in r.address.split(".")))
 
 
-def task_errors(service: Any, limit: int = 5) -> list[str]:
-    """The newest failed tasks' errors, as `docker service ps --no-trunc` shows them."""
-    tasks = sorted(service.tasks(), key=lambda t: t.get("UpdatedAt", ""), reverse=True)
-    errors = []
+def task_errors(service: Any, limit: int = 4) -> list[str]:
+    """Why the newest tasks are not running: `docker service ps --no-trunc`'s state and error, with the
+    container's last healthcheck output and log line (Swarm 20.10 records a replica it stopped as
+    unhealthy as 'complete' with no error: the probe and the log say why)."""
+    from docker.errors import APIError
+
+    tasks = sorted(service.tasks(), key=lambda t: t.get("CreatedAt", ""), reverse=True)
+    out = []
     for t in tasks:
         st = t.get("Status", {})
-        if st.get("Err") or st.get("State") in ("failed", "rejected"):
-            errors.append(f"task {t['ID'][:12]} {st.get('State')}: {st.get('Err') or st.get('Message')}")
-    return errors[:limit]
+        if st.get("State") == "running" and t.get("DesiredState") == "running":
+            continue
+        cs = st.get("ContainerStatus") or {}
+        line = f"task {t['ID'][:12]} {st.get('State')} ({st.get('Message')}, exit {cs.get('ExitCode')})"
+        if st.get("Err"):
+            line += f": {st['Err']}"
+        if cs.get("ContainerID"):
+            try:
+                c = service.client.api.inspect_container(cs["ContainerID"])
+                probes = (c.get("State", {}).get("Health") or {}).get("Log") or []
+                if probes:
+                    last = (probes[-1]["Output"].strip().splitlines() or [""])[-1]
+                    line += f"; health {c['State']['Health']['Status']}: {last[-200:]}"
+                logs = service.client.api.logs(cs["ContainerID"], tail=40).decode(errors="replace").splitlines()
+                why = [x for x in logs if re.search(r"error|failed|exception", x, re.IGNORECASE)] or logs
+                if why:
+                    line += f"; log: {why[-1].strip()[-300:]}"
+            except APIError:
+                pass
+        out.append(line)
+        if len(out) >= limit:
+            break
+    return out
 
 
 def labels_of(service: Any) -> dict[str, str]:
