@@ -404,7 +404,8 @@ def _replay_records(settings: ProjectSettings, n: int = 200) -> list[dict[str, A
     cols = [*NUMERIC_FEATURES, *BOOLEAN_FEATURES, *CATEGORICAL_FEATURES]
     head = df.head(5 * n)
     sample = head.loc[holdout_mask(head, 0.2), cols].head(n)
-    return json.loads(sample.to_json(orient="records"))
+    records: list[dict[str, Any]] = json.loads(sample.to_json(orient="records"))
+    return records
 
 
 def analyse(

@@ -78,7 +78,7 @@ def fraud_logit(df: pd.DataFrame, model: FraudModel = FraudModel()) -> np.ndarra
     import numpy as np
 
     hour = df["hour_of_day"].to_numpy()
-    return (
+    return np.asarray(
         model.intercept
         + model.log_amount * np.log(df["amount"].to_numpy(dtype=float) + 1.0)
         + model.log1p_distance_km * np.log1p(df["distance_from_home_km"].to_numpy(dtype=float))
@@ -87,7 +87,8 @@ def fraud_logit(df: pd.DataFrame, model: FraudModel = FraudModel()) -> np.ndarra
         + model.online * df["is_online"].to_numpy(dtype=bool)
         + model.risky_merchant * df["merchant_category"].isin(_RISKY_MERCHANTS).to_numpy()
         + model.country_other * (df["country"] == "OTHER").to_numpy()
-        + model.new_account * (df["account_age_days"].to_numpy() < 90)
+        + model.new_account * (df["account_age_days"].to_numpy() < 90),
+        dtype=float,
     )
 
 

@@ -31,7 +31,8 @@ class ExpectColumnQuantileValuesToBeBetweenJsonSafe(gx.expectations.ExpectColumn
         observed = result["observed_value"]
         observed["values"] = [None if v is None else float(v) for v in observed["values"]]
         out["success"] = bool(out["success"])
-        return out
+        validated: dict[str, Any] = out
+        return validated
 
 
 CUSTOM_EXPECTATIONS: dict[str, type] = {cls.__name__: cls for cls in (ExpectColumnQuantileValuesToBeBetweenJsonSafe,)}

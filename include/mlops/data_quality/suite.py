@@ -321,7 +321,8 @@ def _expectation_class(name: str, where: str) -> type:
             + (f" (did you mean {hint[0]!r}?)" if hint else "")
             + "; use a class name from great_expectations.expectations",
         )
-    return known[name]
+    cls: type = known[name]
+    return cls
 
 
 def _make(cls: type, kwargs: dict[str, Any], where: str) -> Any:

@@ -14,6 +14,7 @@ from include.mlops.evaluation.metrics import HoldoutMetrics
 
 if TYPE_CHECKING:
     import numpy as np
+    import onnxruntime as ort
     import pandas as pd
 
 __all__ = ["HoldoutMetrics", "ModelLoadError", "evaluate_models", "evaluate_onnx", "predict_onnx"]
@@ -27,7 +28,7 @@ class ModelLoadError(MlopsError):
     """An ONNX model file is missing, unreadable or does not take the expected input."""
 
 
-def _session(model_path: str | Path):  # -> onnxruntime.InferenceSession
+def _session(model_path: str | Path) -> ort.InferenceSession:
     import onnxruntime as ort
 
     p = Path(model_path)

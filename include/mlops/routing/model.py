@@ -242,7 +242,8 @@ class Placement:
     decision: Literal["place"] = "place"
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        out: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return out
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,8 @@ class WaitDecision:
     decision: Literal["wait"] = "wait"
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        out: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return out
 
 
 Decision = Placement | WaitDecision

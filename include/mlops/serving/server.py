@@ -14,13 +14,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from include.mlops.data.features import parse_bool
 from include.mlops.data.schema import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, N_FEATURES, NUMERIC_FEATURES
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnxruntime as ort
 
 # FastAPI resolves handler annotations at runtime, so its types are imported at module level;
 # no DAG file imports this module (the deploy targets start it as a process).
@@ -61,15 +65,17 @@ class ServerConfig:
 class _ServerState:
     """Mutable per-process state; only the event loop thread writes samples."""
 
-    session: Any = None
+    session: ort.InferenceSession | None = None
     loaded_at: float | None = None
     load_error: str | None = None
     in_flight: int = 0
     # (unix ts, latency_ms, status, mean prediction or None, non-finite output); O(1) append, bounded
-    samples: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20_000))
+    samples: collections.deque[tuple[float, float, int, float | None, bool]] = field(
+        default_factory=lambda: collections.deque(maxlen=20_000)
+    )
 
 
-def load_session(model_path: Path, ort_threads: int) -> Any:
+def load_session(model_path: Path, ort_threads: int) -> ort.InferenceSession:
     """Open the ONNX model and check it takes `features` [batch, N_FEATURES] and gives `probability`."""
     import onnxruntime as ort
 
@@ -113,7 +119,7 @@ def warm_up(session: Any, runs: int = WARM_UP_RUNS) -> None:
             return
 
 
-def _encode(records: list[Any]) -> Any:
+def _encode(records: list[Any]) -> np.ndarray:
     """Records -> float32 matrix, raising ValueError that names the record index and field."""
     import numpy as np
 

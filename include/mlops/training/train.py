@@ -271,7 +271,8 @@ def predict_proba(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
         parts = [
             torch.sigmoid(model(x[i : i + _EVAL_BATCH_ROWS]).float()).cpu() for i in range(0, len(x), _EVAL_BATCH_ROWS)
         ]
-    return torch.cat(parts).numpy()
+    scores: np.ndarray = torch.cat(parts).numpy()
+    return scores
 
 
 def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor) -> None:
