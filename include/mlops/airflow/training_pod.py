@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.mlops.errors import PlacementError, SettingsError, TrainingFailed
 from include.mlops.routing.model import Placement
@@ -34,6 +34,12 @@ from include.mlops.training.runner import (
     write_config,
 )
 
+if TYPE_CHECKING:
+    from airflow.providers.cncf.kubernetes.callbacks import KubernetesPodOperatorCallback
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.sdk import Context
+    from kubernetes.client import models as k8s
+
 DATA_VOLUME_CLAIM_VARIABLE = "mlops_data_volume_claim"
 KUBERNETES_CONN_ID = "kubernetes_default"
 CONTAINER_NAME = "base"  # KPO's base container: its exit code decides the task's outcome
@@ -44,7 +50,7 @@ TASK_LEVEL_KEYS = ("pool", "pool_slots")
 RUN_AS_USER = 10001  # the training image's `mlops` user (docker/train.Dockerfile); numeric for runAsNonRoot
 
 
-def pod_security_context() -> Any:
+def pod_security_context() -> k8s.V1PodSecurityContext:
     """Pod level of the "restricted" profile; fsGroup makes the RWX data volume writable to the uid."""
     from kubernetes.client import models as k8s
 
@@ -57,7 +63,7 @@ def pod_security_context() -> Any:
     )
 
 
-def container_security_context() -> Any:
+def container_security_context() -> k8s.V1SecurityContext:
     """Container level of the "restricted" profile (also on the container: some admission checks look there)."""
     from kubernetes.client import models as k8s
 
@@ -119,9 +125,9 @@ def training_pod_operator(
     run_name: str,
     task_id: str = "train_pod",
     schedule_timeout_s: int | None = None,
-    callbacks: Any = None,
+    callbacks: type[KubernetesPodOperatorCallback] | None = None,
     deferrable: bool = False,
-) -> Any:
+) -> KubernetesPodOperator:
     """A KubernetesPodOperator running ``python -m include.mlops.training.train --config <config_path>``
     with the placement's node selector, tolerations, resources, priority class and schedule timeout."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -164,7 +170,7 @@ def training_pod_operator(
     )
 
 
-def _tail_callback(tail: collections.deque[str]) -> type:
+def _tail_callback(tail: collections.deque[str]) -> type[KubernetesPodOperatorCallback]:
     """A KPO callback class that keeps the last log lines of the pod (for the failure message)."""
     from airflow.providers.cncf.kubernetes.callbacks import KubernetesPodOperatorCallback
 
@@ -186,7 +192,7 @@ def _exit_code(remote_pod: Any) -> int | None:
 
 @dataclass
 class _PodRun:
-    op: Any
+    op: KubernetesPodOperator
     placement: Placement
     config_path: Path
     tail: collections.deque[str]
@@ -223,7 +229,7 @@ def run_training_pod(
     placement: Placement | Mapping[str, Any],
     settings: TrainingPodSettings,
     *,
-    context: Any = None,
+    context: Context | None = None,
     run_name: str = "run",
     log: Callable[[str], None] = print,
     schedule_timeout_s: int | None = None,
@@ -261,7 +267,7 @@ def resume_training_pod(
     settings: TrainingPodSettings,
     event: dict[str, Any],
     *,
-    context: Any,
+    context: Context,
     run_name: str = "run",
     log: Callable[[str], None] = print,
     schedule_timeout_s: int | None = None,
@@ -313,7 +319,7 @@ def _failures_named(run: _PodRun) -> Iterator[None]:
         raise launch_failed(f"training pod {_pod_ref(op)}", run.config_path, exc, run.tail, how) from exc
 
 
-def _log_tail(op: Any, event: Mapping[str, Any]) -> list[str]:
+def _log_tail(op: KubernetesPodOperator, event: Mapping[str, Any]) -> list[str]:
     try:
         text = op.client.read_namespaced_pod_log(
             name=event["name"], namespace=event["namespace"], container=CONTAINER_NAME, tail_lines=FAILURE_TAIL_LINES
@@ -334,7 +340,7 @@ def _in_chain(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _pod_ref(op: Any) -> str:
+def _pod_ref(op: KubernetesPodOperator) -> str:
     pod = op.pod or op.pod_request_obj
     meta = getattr(pod, "metadata", None)
     if meta is None:

@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.mlops.errors import SettingsError
 from include.mlops.routing.quantities import cpu_millicores, memory_mib
@@ -42,6 +42,10 @@ from include.mlops.training.runner import (
     placement_gpu_ids,
     write_config,
 )
+
+if TYPE_CHECKING:
+    # by module path: the repo's own docker/ folder shadows the SDK's top-level name for mypy
+    from docker.api.client import APIClient
 
 MOUNTS_VARIABLE = "mlops_training_docker_mounts"
 LABELS = {"app.kubernetes.io/name": "mlops-training", "app.kubernetes.io/component": "train"}
@@ -166,7 +170,7 @@ def container_spec(
     return ContainerSpec(name=name, image=settings.image, create=create, host=host)
 
 
-def docker_client(docker_url: str | None) -> Any:
+def docker_client(docker_url: str | None) -> APIClient:
     """The low-level client of ``docker_url``, else of DOCKER_HOST / the local socket."""
     from docker.api.client import APIClient
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.mlops.errors import PlacementError
 from include.mlops.routing.model import FULL_GPU_MILLI, SHARED_SUFFIX, CapacitySnapshot, NodeCapacity, Taint
 from include.mlops.routing.quantities import parse_quantity
+
+if TYPE_CHECKING:
+    from kubernetes.client import CoreV1Api
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_PREFIX = "nvidia.com/mig-"
@@ -148,7 +151,7 @@ class KubernetesCapacityProvider:
             in_cluster=bool(extra.get("in_cluster", False)),
         )
 
-    def _core(self) -> Any:
+    def _core(self) -> CoreV1Api:
         if self._api is not None:
             return self._api
         from kubernetes import client, config
