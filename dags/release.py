@@ -8,6 +8,7 @@ import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
+from include.mlops.airflow.alerts import ReleaseAlertNotifier
 from include.mlops.assets import MODEL_CHALLENGER_READY
 from include.mlops.releasing import MAX_ANALYSIS_S, MAX_STEPS, PARAM_MAXIMA
 
@@ -216,7 +217,13 @@ def release() -> None:
 
         return releasing.promote(project_settings(), plan)
 
-    @task(trigger_rule=TriggerRule.ONE_FAILED, retries=3, execution_timeout=TIMEOUTS["rollback"])
+    # the rollback task fails exactly when a release did not happen: one alert per failed release
+    @task(
+        trigger_rule=TriggerRule.ONE_FAILED,
+        retries=3,
+        execution_timeout=TIMEOUTS["rollback"],
+        on_failure_callback=ReleaseAlertNotifier(),
+    )
     def rollback(ti=None) -> None:  # type: ignore[no-untyped-def]
         from airflow.sdk.exceptions import AirflowFailException
 

@@ -78,3 +78,7 @@ class RegistryUnavailable(MlopsError):
 
 class InvalidHistoryQuery(MlopsError):
     """A release-history query names a filter or page that breaks a rule."""
+
+
+class AlertDeliveryError(MlopsError):
+    """An alert channel (SMTP server, webhook) refused or did not take an alert."""
