@@ -12,23 +12,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.canary.analysis import Samples
-from include.mlops.deploy import caddy
+from include.mlops.deploy import caddy, router
 from include.mlops.deploy import swarm_services as sv
-from include.mlops.deploy.process import free_port, pid_alive
-from include.mlops.deploy.process import log_tail as _log_tail
-from include.mlops.deploy.process import port_open as _port_open
-from include.mlops.deploy.process import start_ticks as _start_ticks
+from include.mlops.deploy.process import pid_alive, stop_process_group
+from include.mlops.deploy.swarm_routing import (
+    ReplicaSplit,
+    SwarmSampleSource,
+    drain,
+    patch_handler,
+    proxy_handler,
+    router_config,
+)
 from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
 from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
 
@@ -37,30 +37,6 @@ if TYPE_CHECKING:
 
 L = sv.LABEL
 TRACKS = ("stable", "canary")
-
-
-@dataclass(frozen=True)
-class ReplicaSplit(caddy.Split):
-    """caddy.Split over tracks, each track spread evenly over its replicas' dial addresses.
-
-    `upstreams` names tracks with their weights; the track cycle (e.g. S S S C at 25 %) is
-    repeated lcm(replica counts) times and each track's slots take its replicas in turn, so every
-    replica of a track gets the same share and the tracks keep their exact weights.
-    """
-
-    replicas: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-    def rotation(self) -> list[str]:
-        cycle = caddy.Split(self.upstreams).rotation()
-        dials = dict(self.replicas)
-        turns = math.lcm(*(len(dials[t]) for t in set(cycle)))
-        used = dict.fromkeys(dials, 0)
-        out = []
-        for _ in range(turns):
-            for track in cycle:
-                out.append(dials[track][used[track] % len(dials[track])])
-                used[track] += 1
-        return out
 
 
 class SwarmTarget:
@@ -311,9 +287,9 @@ class SwarmTarget:
                 svc = self._service(track)
                 if svc is not None:
                     svc.remove()
-            router = self._router()
-            if router is not None:
-                _stop_process(router["pid"], router.get("pid_start_ticks"), grace_s=5.0)
+            held = self._router()
+            if held is not None:
+                stop_process_group(held["pid"], held.get("pid_start_ticks"), grace_s=5.0)
                 self._router_path.unlink(missing_ok=True)
 
     def sample_source(self) -> SwarmSampleSource:
@@ -387,15 +363,13 @@ class SwarmTarget:
     def _roll_stable_to(self, stable: Any, model: ModelRef) -> None:
         changes = {f"{L}.version": str(model.version), f"{L}.image_digest": model.image_digest or "",
                    f"{L}.model_path": str(model.model_path), f"{L}.started_at": f"{time.time():.3f}"}  # fmt: skip
-        sv.update_image(self.client, stable, self._image(model), changes)
+        image = self._image(model)
+        sv.update_image(self.client, stable, image, changes)
         # the monitor window must pass before Swarm calls the update completed
-        sv.wait_update(stable, self.update_timeout_s + self.monitor_s * self.replicas)
-        deadline = time.monotonic() + self.update_timeout_s
-        while len(sv.running_replicas(stable, self.network)) < self.replicas and time.monotonic() < deadline:
-            time.sleep(0.25)
+        sv.wait_update(stable, image, self.replicas, self.update_timeout_s + self.monitor_s * self.replicas)
 
     def _remove_canary(self, canary: Any) -> None:
-        _drain([r.url for r in sv.running_replicas(canary, self.network)], self.drain_timeout_s)
+        drain([r.url for r in sv.running_replicas(canary, self.network)], self.drain_timeout_s)
         with contextlib.suppress(Exception):
             canary.remove()
 
@@ -450,128 +424,20 @@ class SwarmTarget:
             return None
 
     def _apply(self, weight_pct: int, with_canary: bool = True) -> None:
+        """Route to the running replicas: caddy.json first (the router's holder restarts Caddy from it),
+        then Caddy's admin API; a dead router is started again on its old port."""
         split = self._split(weight_pct, with_canary)
         if split is None:
             raise DeployError(f"no running replica of {self.model_name} to route to")
-        router = self._router()
-        if router is None or not pid_alive(router["pid"], router.get("pid_start_ticks")):
-            self._start_router(split, router)
-        else:
-            _patch_handler(router["admin_port"], _handler(split))
-
-    def _start_router(self, split: ReplicaSplit, old: dict[str, Any] | None) -> None:
-        exe = self.caddy_executable or caddy.find_caddy()
-        # the router URL stays the same across restarts where its old port is free
-        http_port = old["http_port"] if old and not _port_open(old["http_port"]) else free_port()
-        admin_port = free_port()
-        cfg_path = self.state_dir / "caddy.json"
-        config = caddy.caddy_config(http_port, admin_port, split)
-        config["apps"]["http"]["servers"]["router"]["routes"] = [{"handle": [_handler(split)]}]
-        cfg_path.write_text(json.dumps(config, indent=2))
-        log_path = self.state_dir / "caddy.log"
-        env = {"HOME": str(self.state_dir), "XDG_DATA_HOME": str(self.state_dir / "caddy-data"),
-               "XDG_CONFIG_HOME": str(self.state_dir / "caddy-config"), "PATH": "/usr/bin:/bin"}  # fmt: skip
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen([exe, "run", "--config", str(cfg_path)], stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env)  # fmt: skip
-        router = {"pid": proc.pid, "pid_start_ticks": _start_ticks(proc.pid), "http_port": http_port,
-                  "admin_port": admin_port, "log_path": str(log_path)}  # fmt: skip
-        self._router_path.write_text(json.dumps(router))
-        deadline = time.monotonic() + 15.0
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise DeployError(f"caddy exited with {proc.returncode}. Log tail:\n{_log_tail(str(log_path))}")
-            if caddy.current_split(admin_port) is not None and _port_open(http_port):
-                return
-            time.sleep(0.05)
-        raise DeployError(f"caddy did not come up within 15 s. Log tail:\n{_log_tail(str(log_path))}")
-
-
-class SwarmSampleSource:
-    """A track's samples: every running replica's /samples, merged (the analysis sees the whole track)."""
-
-    def __init__(self, target: SwarmTarget, timeout_s: float = 5.0) -> None:
-        self.target = target
-        self.timeout_s = timeout_s
-
-    def fetch(self, backend: Backend, since_unix: float) -> Samples:
-        import httpx
-
-        from include.mlops.canary.runner import ProbeError
-
-        urls = self.target.replica_urls(backend)
-        parts, errors = [], []
-        for url in urls:
-            try:
-                r = httpx.get(f"{url}/samples", params={"since": since_unix}, timeout=self.timeout_s)
-                r.raise_for_status()
-                parts.append(r.json())
-            except (httpx.HTTPError, ValueError) as exc:
-                errors.append(f"{url}: {exc}")
-        if not parts:  # one replica down is Swarm's to replace; none answering is a probe error
-            raise ProbeError(
-                f"cannot read samples of {backend.name} v{backend.version} from its replicas "
-                f"{urls or '(none running)'}: {'; '.join(errors)}"
-            )
-        keys = ("ts", "latency_ms", "status", "mean_prediction", "non_finite")
-        rows = sorted(zip(*([x for p in parts for x in p.get(k, ())] for k in keys), strict=True), key=lambda r: r[0])
-        return Samples.from_json({k: [row[i] for row in rows] for i, k in enumerate(keys)})
-
-
-# Caddy's active checks give a server 400 ms (caddy.HEALTH_TIMEOUT): right for the local profile's
-# processes, but a replica capped at half a core answered in over 400 ms while two others loaded
-# their model, and with every replica marked down at once the router answered 503 "no upstreams
-# available" (16 requests in one promotion). Swarm's own healthcheck takes a hung replica out;
-# Caddy's passive checks still drop a refused or failing replica on the first error.
-ACTIVE_HEALTH_TIMEOUT = "2s"
-
-
-def _handler(split: ReplicaSplit) -> dict[str, Any]:
-    handler = caddy.proxy_handler(split)
-    handler["health_checks"]["active"]["timeout"] = ACTIVE_HEALTH_TIMEOUT
-    return handler
-
-
-def _patch_handler(admin_port: int, handler: dict[str, Any], timeout_s: float = 10.0) -> None:
-    """Replace the proxy handler through Caddy's admin API (in-flight requests finish on the old one)."""
-    import httpx
-
-    url = f"http://127.0.0.1:{admin_port}/id/{caddy.PROXY_ID}"
-    try:
-        resp = httpx.patch(url, json=handler, timeout=timeout_s)
-    except httpx.HTTPError as exc:
-        raise DeployError(f"Caddy admin API at {url} unreachable: {exc}") from exc
-    if resp.status_code != 200:
-        raise DeployError(f"Caddy refused the new weights ({resp.status_code}): {resp.text[:300]}")
-
-
-def _drain(urls: list[str], timeout_s: float) -> None:
-    """Wait until no replica has a request in flight (the router no longer sends it any), bounded."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    time.sleep(0.05)
-    with httpx.Client(timeout=2.0) as client:
-        for url in urls:
-            while time.monotonic() < deadline:
-                try:
-                    if client.get(f"{url}/info").json().get("in_flight", 0) <= 0:
-                        break
-                except (httpx.HTTPError, ValueError):
-                    break
-                time.sleep(0.02)
-
-
-def _stop_process(pid: int, ticks: int | None, grace_s: float) -> None:
-    """SIGTERM the process group we started, SIGKILL after grace_s."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        if not pid_alive(pid, ticks):
+        held = router.RouterProcess.from_json(self._router())
+        if held is None or not held.alive():
+            http_port = held.http_port if held else 0
+            held = router.start(self.state_dir, router_config(http_port, 0, split), http_port, self.caddy_executable)
+            self._router_path.write_text(json.dumps(held.to_json()))
+            router.write_config(self.state_dir, router_config(held.http_port, held.admin_port, split))
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and pid_alive(pid, ticks):
-            time.sleep(0.02)
+        router.write_config(self.state_dir, router_config(held.http_port, held.admin_port, split))
+        patch_handler(held.admin_port, proxy_handler(split))
 
 
 def _describe(owner: dict[str, Any] | None) -> str:

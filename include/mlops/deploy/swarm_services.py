@@ -313,20 +313,27 @@ def update_image(client: DockerClient, service: Any, image: str, changes: dict[s
         raise DeployError(f"cannot update service {spec['Name']} to {image}: {exc}") from exc
 
 
-def wait_update(service: Any, timeout_s: float) -> None:
-    """Until Swarm's rolling update completes; DeployError naming Swarm's message if it rolled back."""
+def wait_update(service: Any, image: str, replicas: int, timeout_s: float) -> None:
+    """Until every replica meant to run is `image` and running, and Swarm calls the update done; DeployError
+    naming Swarm's message if it rolled back. (UpdateStatus is still empty just after the update call.)"""
     deadline = time.monotonic() + timeout_s
     while True:
         service.reload()
         status = service.attrs.get("UpdateStatus") or {}
         state = status.get("State")
-        if state in (None, "completed"):
-            return
         if state in ("rollback_started", "rollback_completed", "rollback_paused", "paused"):
             raise DeployError(
                 f"Swarm did not finish updating {service.name} ({state}): {status.get('Message')}; "
                 f"task errors: {'; '.join(task_errors(service)) or 'none reported'}"
             )
+        tasks = service.tasks(filters={"desired-state": "running"})
+        new = [t for t in tasks if t["Spec"]["ContainerSpec"]["Image"] == image]
+        ready = [t for t in new if t.get("Status", {}).get("State") == "running"]
+        if state in (None, "completed") and len(ready) >= replicas and len(new) == len(tasks):
+            return
         if time.monotonic() > deadline:
-            raise DeployError(f"the update of {service.name} is still {state} after {timeout_s:g} s")
+            raise DeployError(
+                f"the update of {service.name} to {image} is still {state} after {timeout_s:g} s "
+                f"({len(ready)} of {replicas} replicas on it running)"
+            )
         time.sleep(0.25)
