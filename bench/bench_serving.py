@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from include.mlops.data.features import encode_records
-from include.mlops.deploy.local import free_port
+from include.mlops.deploy.process import free_port
 from tests.model_fixtures import build_logistic_model, sample_records
 
 ROOT = Path(__file__).resolve().parents[1]

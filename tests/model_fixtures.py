@@ -149,7 +149,7 @@ def build_nan_model(path: Path) -> Path:
 
 def processes_with(fragment: str) -> list[int]:
     """Live processes whose command line contains `fragment` (e.g. a model file a server was given)."""
-    from include.mlops.deploy.local import pid_alive
+    from include.mlops.deploy.process import pid_alive
 
     pids = []
     for proc in Path("/proc").iterdir():

@@ -21,7 +21,8 @@ from onnx import TensorProto, helper
 
 from include.mlops.canary.load import LoadGenerator, RequestResult
 from include.mlops.dag_test import DagTest, DagTestRun
-from include.mlops.deploy.local import LocalProcessTarget, pid_alive
+from include.mlops.deploy.local import LocalProcessTarget
+from include.mlops.deploy.process import pid_alive
 from include.mlops.registry.mlflow_registry import CHAMPION, PREVIOUS_CHAMPION_TAG, MlflowRegistry, TrainingRecord
 from tests.api_server import ApiServer, airflow_api_server
 from tests.e2e.conftest import Deployment
@@ -68,7 +69,9 @@ class Releases:
             ),
             f"e2e-{self.dep.model_name}",
         )
-        version = self.reg.register_version(self.dep.model_name, run_id, f"e2e/{key}", {"gate.decision": "passed"})
+        version = self.reg.register_version(
+            self.dep.model_name, run_id, f"e2e/{key}", tags={"gate.decision": "passed"}
+        )
         return version.version
 
     def release(self, version: str, **params: object) -> DagTestRun:

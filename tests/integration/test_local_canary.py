@@ -16,7 +16,8 @@ import pytest
 from include.mlops.canary.analysis import CanaryThresholds
 from include.mlops.canary.load import LoadGenerator
 from include.mlops.canary.runner import run_canary
-from include.mlops.deploy.local import LocalProcessTarget, pid_alive
+from include.mlops.deploy.local import LocalProcessTarget
+from include.mlops.deploy.process import pid_alive
 from include.mlops.deploy.target import ModelRef
 from include.mlops.errors import DeployError
 from tests.model_fixtures import (

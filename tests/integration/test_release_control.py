@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from include.mlops import releasing
-from include.mlops.deploy.local import LocalProcessTarget, pid_alive
+from include.mlops.deploy.local import LocalProcessTarget
+from include.mlops.deploy.process import pid_alive
 from include.mlops.deploy.target import ModelRef
 from include.mlops.errors import CanaryFailed, DeployError, InvalidReleaseParams
 from include.mlops.registry.mlflow_registry import CHAMPION, PREVIOUS_CHAMPION_TAG, MlflowRegistry, TrainingRecord
@@ -129,7 +130,7 @@ class World:
             ),
             f"ctl-{name}",
         )
-        return self.reg.register_version(name, run_id, f"ctl/{name}/{key}", {"gate.decision": "passed"}).version
+        return self.reg.register_version(name, run_id, f"ctl/{name}/{key}", tags={"gate.decision": "passed"}).version
 
     def plan(self, version: str, name: str | None = None, **params: object) -> dict:
         return releasing.plan_release(
@@ -139,7 +140,7 @@ class World:
     def first_release(self, version: str, name: str | None = None) -> None:
         plan = self.plan(version, name)
         assert plan["first_release"], plan
-        releasing.deploy_canary(self.settings, plan, None, log)
+        releasing.deploy_canary(self.settings, plan, None, log=log)
         releasing.promote(self.settings, plan, log)
 
     def target(self, name: str | None = None) -> LocalProcessTarget:
@@ -176,12 +177,12 @@ def test_a_second_release_is_refused_naming_the_first_and_its_rollback_leaves_th
     va, vb = world.register("a"), world.register("b")
     plan_a = world.plan(va)
     plan_b = world.plan(vb)  # both planned before either deployed: the race the owner record closes
-    releasing.deploy_canary(world.settings, plan_a, None, log)
+    releasing.deploy_canary(world.settings, plan_a, None, log=log)
     canary_a = world.target().status().canary
     assert canary_a is not None and canary_a.version == va
 
     with pytest.raises(DeployError) as refused:
-        releasing.deploy_canary(world.settings, plan_b, None, log)
+        releasing.deploy_canary(world.settings, plan_b, None, log=log)
     assert not isinstance(refused.value, CanaryFailed), refused.value
     message = str(refused.value)
     assert plan_a["owner"]["run_id"] in message and f"v{va}" in message, message
@@ -206,10 +207,10 @@ def test_the_manual_rollback_removes_any_release_canary_and_records_whose_it_was
     world.first_release(v1)
     va = world.register("a")
     plan_a = world.plan(va)
-    releasing.deploy_canary(world.settings, plan_a, None, log)
+    releasing.deploy_canary(world.settings, plan_a, None, log=log)
 
     releasing.rollback_to_version(
-        world.settings, world.model_name, v1, log, run={"dag_id": "rollback", "run_id": "op-1"}
+        world.settings, world.model_name, v1, log=log, run={"dag_id": "rollback", "run_id": "op-1"}
     )
     state = world.target().status()
     assert state.canary is None and state.stable.version == v1
@@ -254,7 +255,7 @@ def test_a_promotion_cut_by_an_mlflow_outage_converges_on_retry_and_at_the_next_
     for name in (name_a, name_b):
         world.first_release(world.register("v1", name), name)
         plans[name] = world.plan(world.register("v2", name), name)
-        releasing.deploy_canary(world.settings, plans[name], None, log)
+        releasing.deploy_canary(world.settings, plans[name], None, log=log)
 
     world.mlflow.stop()
     try:
@@ -308,7 +309,7 @@ def test_a_router_failure_while_starting_a_canary_does_not_reject_the_version(wo
                 time.sleep(0.05)
         squatter.listen()
         with pytest.raises(DeployError) as failed:
-            releasing.deploy_canary(world.settings, plan, None, log)
+            releasing.deploy_canary(world.settings, plan, None, log=log)
     assert not isinstance(failed.value, CanaryFailed), failed.value
     assert "caddy" in str(failed.value).lower(), failed.value
     assert "release.status" not in world.reg.get_version(world.model_name, v2).tags
@@ -355,7 +356,7 @@ def test_a_dead_stable_is_not_counted_as_serving_and_is_restarted(world: World) 
 
     plan = world.plan(v1)  # the version the dead stable had: not "nothing to release"
     assert not plan["noop"], plan
-    releasing.deploy_canary(world.settings, plan, None, log)
+    releasing.deploy_canary(world.settings, plan, None, log=log)
     releasing.promote(world.settings, plan, log)
     now = world.target().status().stable
     assert now.pid != stable.pid and pid_alive(now.pid, now.pid_start_ticks)

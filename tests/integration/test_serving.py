@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from include.mlops.deploy.local import free_port
+from include.mlops.deploy.process import free_port
 from tests.model_fixtures import build_faulty_model, build_logistic_model, build_unloadable_model, sample_records
 from tests.ports import BIND_ATTEMPTS, port_taken
 

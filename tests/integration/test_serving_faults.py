@@ -22,7 +22,8 @@ from include.mlops.canary.analysis import CanaryThresholds
 from include.mlops.canary.load import LoadGenerator, RequestResult
 from include.mlops.canary.runner import CanaryOutcome, run_canary
 from include.mlops.deploy import supervisor
-from include.mlops.deploy.local import LocalProcessTarget, pid_alive
+from include.mlops.deploy.local import LocalProcessTarget
+from include.mlops.deploy.process import pid_alive
 from include.mlops.deploy.target import ModelRef
 from tests.model_fixtures import build_logistic_model, build_nan_model, sample_records
 

@@ -10,64 +10,23 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from include.mlops.deploy import caddy
+from include.mlops.deploy import caddy, router
+from include.mlops.deploy.process import log_tail, pid_alive, start_ticks, stop_process_group
 from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
 from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
 
 SERVER_MODULE = "include.mlops.serving.server"
-CADDY_PID_FILE = "caddy.pid"  # written by router_holder.py: the Caddy serving now
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may contain spaces; fields after the last ')' are fixed
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def pid_alive(pid: int | None, ticks: int | None) -> bool:
-    """True if pid runs and is the very process we started (same kernel start time), not a zombie."""
-    if pid is None:
-        return False
-    with contextlib.suppress(ChildProcessError):
-        # reap our own exited children so they do not linger as zombies
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    now = _start_ticks(pid)
-    return now is not None and (ticks is None or now == ticks)
-
-
-def _log_tail(path: str | None, n_chars: int = 1500) -> str:
-    if not path:
-        return ""
-    try:
-        return Path(path).read_text(errors="replace")[-n_chars:]
-    except OSError:
-        return ""
 
 
 class LocalProcessTarget:
-    """Serve models as detached local processes; route with Caddy (weighted_round_robin)."""
+    """Serve models as detached local processes; route with Caddy (round_robin over an interleaved list)."""
 
     def __init__(
         self,
@@ -220,7 +179,7 @@ class LocalProcessTarget:
             if not self._backend_alive(canary):
                 raise DeployError(
                     f"canary version {canary.version} (pid {canary.pid}) is not running; "
-                    f"cannot promote it. Log tail:\n{_log_tail(canary.log_path)}"
+                    f"cannot promote it. Log tail:\n{log_tail(canary.log_path)}"
                 )
             self._ensure_router(st)
             old = st["stable"]
@@ -294,10 +253,7 @@ class LocalProcessTarget:
 
     def router_caddy_pid(self) -> int | None:
         """The pid of the Caddy process serving now (its holder restarts it under a new pid)."""
-        try:
-            return int((self.state_dir / CADDY_PID_FILE).read_text())
-        except (OSError, ValueError):
-            return None
+        return router.caddy_pid(self.state_dir)
 
     def health(self) -> ServingHealth:
         """Which recorded processes run now: a read of state.json and /proc, no lock, no HTTP."""
@@ -345,7 +301,7 @@ class LocalProcessTarget:
             st["canary_weight_pct"], st["canary_owner"] = 0, None
             router = st.get("router")
             if router:
-                self._stop_pid(router["pid"], router.get("pid_start_ticks"), grace_s=5.0)
+                stop_process_group(router["pid"], router.get("pid_start_ticks"), grace_s=5.0)
                 st["router"] = None
             self._finish_retirements(st, drain=False)
             self._event("stopped_all")
@@ -361,20 +317,15 @@ class LocalProcessTarget:
         try:
             yield
         except BaseException:
-            self._stop_pid(b.pid, b.pid_start_ticks, grace_s=2.0)
+            stop_process_group(b.pid, b.pid_start_ticks, grace_s=2.0)
             raise
 
     def _apply(self, st: dict[str, Any]) -> None:
-        """Push the split from state to Caddy and keep the on-disk config in step (for restarts)."""
-        router = st["router"]
+        """Push the split from state to Caddy, the config file first (router.write_config says why)."""
+        r = st["router"]
         split = self._split(st)
-        # the file first: a Caddy that dies between the two is restarted by its holder from this file,
-        # so it comes back with the new split, never the one before
-        _write_atomic(
-            self.state_dir / "caddy.json",
-            json.dumps(caddy.caddy_config(router["http_port"], router["admin_port"], split), indent=2),
-        )
-        caddy.apply_split(router["admin_port"], split)
+        router.write_config(self.state_dir, caddy.caddy_config(r["http_port"], r["admin_port"], split))
+        caddy.apply_split(r["admin_port"], split)
 
     def _split(self, st: dict[str, Any]) -> caddy.Split:
         stable = st["stable"]
@@ -386,101 +337,69 @@ class LocalProcessTarget:
         )
 
     def _ensure_router(self, st: dict[str, Any]) -> None:
-        router = st.get("router")
-        if router and pid_alive(router["pid"], router.get("pid_start_ticks")):
+        old = router.RouterProcess.from_json(st.get("router"))
+        if old is not None and old.alive():
             return
         if not st.get("stable"):
             raise DeployError("the router needs a stable backend to route to")
-        http_port = router["http_port"] if router else free_port()
-        admin_port = free_port()
-        cfg_path = self.state_dir / "caddy.json"
-        _write_atomic(cfg_path, json.dumps(caddy.caddy_config(http_port, admin_port, self._split(st)), indent=2))
-        exe = self.caddy_executable or caddy.find_caddy()
-        log_path = self.state_dir / "caddy.log"
-        env = {
-            **os.environ,
-            # caddy writes its data/config dirs here, never into the user's home
-            "XDG_DATA_HOME": str(self.state_dir / "caddy-data"),
-            "XDG_CONFIG_HOME": str(self.state_dir / "caddy-config"),
-        }
-        # the holder owns the listening socket and restarts Caddy on it (router_holder.py's docstring):
-        # the recorded router pid is the holder's; the running Caddy's pid is in caddy.pid
-        holder = Path(__file__).with_name("router_holder.py")
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, str(holder), "--caddy", exe, "--config", str(cfg_path), "--port", str(http_port),
-                 "--pid-file", str(self.state_dir / CADDY_PID_FILE), "--events", str(self.state_dir / "events.jsonl")],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
-            )  # fmt: skip
-        st["router"] = {
-            "pid": proc.pid,
-            "pid_start_ticks": _start_ticks(proc.pid),
-            "http_port": http_port,
-            "admin_port": admin_port,
-            "log_path": str(log_path),
-        }
+        # a restore takes the old port back, so the router's URL stays; the holder binds both ports
+        # and reads them back (0: the kernel picks), so no port is probed and handed on to a race
+        http_port = old.http_port if old else 0
+        started = router.start(
+            self.state_dir, caddy.caddy_config(http_port, 0, self._split(st)), http_port, self.caddy_executable
+        )
+        st["router"] = started.to_json()
         self._write(st)
-        deadline = time.monotonic() + 15.0
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise DeployError(f"the router (caddy and its socket holder) exited with {proc.returncode}. Log tail:\n{_log_tail(str(log_path))}")
-            if caddy.current_split(admin_port) is not None and _port_open(http_port):
-                self._event("router_started", pid=proc.pid, http_port=http_port, admin_port=admin_port)
-                return
-            time.sleep(0.05)
-        self._stop_pid(proc.pid, st["router"]["pid_start_ticks"], grace_s=2.0)
-        st["router"] = None
-        raise DeployError(f"caddy did not come up within 15 s. Log tail:\n{_log_tail(str(log_path))}")
+        # the file with the ports the holder bound, for anyone reading it (the holder maps them anyway)
+        router.write_config(self.state_dir, caddy.caddy_config(started.http_port, started.admin_port, self._split(st)))
+        self._event("router_started", pid=started.pid, http_port=started.http_port, admin_port=started.admin_port)
 
     def _start_backend(self, model: ModelRef, role: str, ready_timeout_s: float, port: int | None = None) -> Backend:
         model_path = Path(model.model_path)
         if not model_path.is_file():
             raise DeployError(f"model file {model_path} of {model.name} v{model.version} does not exist")
-        last_error = ""
-        for attempt in range(3):  # a free port can be taken between probing and binding
-            # a restarted stable takes its old port back if it can: the router's config stays valid
-            port = port if attempt == 0 and port and not _port_open(port) else free_port()
-            log_path = self.state_dir / f"server-{role}-v{model.version}-{port}.log"
-            cmd = [
-                self.python_executable, "-m", SERVER_MODULE,
-                "--model", str(model_path.resolve()),
-                "--port", str(port),
-                "--host", "127.0.0.1",
-                "--model-name", model.name,
-                "--model-version", str(model.version),
-                "--graceful-shutdown-s", str(self.drain_timeout_s),
-            ]  # fmt: skip
-            if model.image_digest:
-                cmd += ["--image-digest", model.image_digest]
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(self.project_root), os.environ.get("PYTHONPATH")])),
-            }
-            with open(log_path, "ab") as log:
-                proc = subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, cwd=str(self.project_root), env=env,
-                )  # fmt: skip
-            backend = Backend(
-                name=model.name,
-                version=str(model.version),
-                url=f"http://127.0.0.1:{port}",
-                model_path=str(model_path.resolve()),
-                image_digest=model.image_digest,
-                port=port,
-                pid=proc.pid,
-                pid_start_ticks=_start_ticks(proc.pid),
-                log_path=str(log_path),
-                started_at_unix=time.time(),
-            )
-            outcome = self._wait_ready(proc, backend, ready_timeout_s)
-            if outcome == "ready":
-                return backend
-            self._stop_pid(proc.pid, backend.pid_start_ticks, grace_s=2.0)
-            last_error = outcome
-            if "address already in use" not in _log_tail(str(log_path)).lower():
-                break
-        raise BackendNotReady(f"{role} {model.name} v{model.version} did not become ready: {last_error}")
+        # the socket is bound here and handed to the server (--fd): its port is known before the server
+        # starts, and no other process can take it in between. A restarted stable takes its old port
+        # back if it is free (the router's config stays valid), else a new one.
+        sock = _listen(port or 0)
+        port = int(sock.getsockname()[1])
+        log_path = self.state_dir / f"server-{role}-v{model.version}-{port}.log"
+        cmd = [
+            self.python_executable, "-m", SERVER_MODULE,
+            "--model", str(model_path.resolve()),
+            "--fd", str(sock.fileno()),
+            "--model-name", model.name,
+            "--model-version", str(model.version),
+            "--graceful-shutdown-s", str(self.drain_timeout_s),
+        ]  # fmt: skip
+        if model.image_digest:
+            cmd += ["--image-digest", model.image_digest]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(self.project_root), os.environ.get("PYTHONPATH")])),
+        }
+        with sock, open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(sock.fileno(),),
+                start_new_session=True, cwd=str(self.project_root), env=env,
+            )  # fmt: skip
+        backend = Backend(
+            name=model.name,
+            version=str(model.version),
+            url=f"http://127.0.0.1:{port}",
+            model_path=str(model_path.resolve()),
+            image_digest=model.image_digest,
+            port=port,
+            pid=proc.pid,
+            pid_start_ticks=start_ticks(proc.pid),
+            log_path=str(log_path),
+            started_at_unix=time.time(),
+        )
+        outcome = self._wait_ready(proc, backend, ready_timeout_s)
+        if outcome != "ready":
+            stop_process_group(proc.pid, backend.pid_start_ticks, grace_s=2.0)
+            raise BackendNotReady(f"{role} {model.name} v{model.version} did not become ready: {outcome}")
+        return backend
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], b: Backend, timeout_s: float) -> str:
         import httpx
@@ -489,7 +408,7 @@ class LocalProcessTarget:
         with httpx.Client(timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
-                    return f"server exited with {proc.returncode}. Log tail:\n{_log_tail(b.log_path)}"
+                    return f"server exited with {proc.returncode}. Log tail:\n{log_tail(b.log_path)}"
                 try:
                     r = client.get(f"{b.url}/health/ready")
                     if r.status_code == 200:
@@ -500,7 +419,7 @@ class LocalProcessTarget:
                 except (httpx.HTTPError, ValueError):
                     pass
                 time.sleep(0.05)
-        return f"not ready within {timeout_s:g} s. Log tail:\n{_log_tail(b.log_path)}"
+        return f"not ready within {timeout_s:g} s. Log tail:\n{log_tail(b.log_path)}"
 
     def _finish_retirements(self, st: dict[str, Any], drain: bool = True) -> None:
         """Drain (no request in flight) and stop every retired backend; survives being re-run."""
@@ -509,7 +428,7 @@ class LocalProcessTarget:
             assert b is not None
             if drain:
                 self._drain(b)
-            self._stop_pid(b.pid, b.pid_start_ticks, grace_s=self.drain_timeout_s + 5.0)
+            stop_process_group(b.pid, b.pid_start_ticks, grace_s=self.drain_timeout_s + 5.0)
             st["retired"].remove(raw)
             self._write(st)
             self._event("stopped", version=b.version, pid=b.pid)
@@ -530,33 +449,6 @@ class LocalProcessTarget:
                     return
                 time.sleep(0.02)
 
-    def _stop_pid(self, pid: int | None, ticks: int | None, grace_s: float) -> None:
-        """SIGTERM the process group we started (servers drain in-flight requests), SIGKILL after grace_s."""
-        try:
-            self._signal_and_wait(pid, ticks, grace_s)
-        finally:
-            if pid is not None:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)  # reap it if it was our child
-
-    def _signal_and_wait(self, pid: int | None, ticks: int | None, grace_s: float) -> None:
-        if pid is None or not pid_alive(pid, ticks):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            if not pid_alive(pid, ticks):
-                return
-            time.sleep(0.02)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and pid_alive(pid, ticks):
-            time.sleep(0.02)
-        if pid_alive(pid, ticks):
-            raise DeployError(f"process {pid} survived SIGKILL; stop it by hand")
-
 
 def _describe_owner(owner: dict[str, Any] | None) -> str:
     if not owner:
@@ -564,13 +456,16 @@ def _describe_owner(owner: dict[str, Any] | None) -> str:
     return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def _listen(port: int) -> socket.socket:
+    """A listening socket on 127.0.0.1:port; on a taken port (a restore's old one), any free port."""
+    for p in dict.fromkeys((port, 0)):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", p))
+        except OSError:
+            sock.close()
+            continue
+        sock.listen(1024)
+        return sock
+    raise DeployError("no free port on 127.0.0.1 for a model server")

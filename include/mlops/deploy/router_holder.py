@@ -39,12 +39,20 @@ BACKLOG = 1024  # connections that wait while Caddy restarts (at 20 rps, ~0.3 s 
 PR_SET_PDEATHSIG = 1
 
 
-def run_config(config: dict, fd: int) -> dict:
-    """The deployment's Caddy config with the router server listening on the inherited socket."""
-    servers = config["apps"]["http"]["servers"]
-    for server in servers.values():
-        server["listen"] = [f"fd/{fd}"]
+def run_config(config: dict, http_fd: int, admin_fd: int) -> dict:
+    """The deployment's Caddy config with the router and its admin API on the inherited sockets."""
+    for server in config["apps"]["http"]["servers"].values():
+        server["listen"] = [f"fd/{http_fd}"]
+    config.setdefault("admin", {})["listen"] = f"fd/{admin_fd}"
     return config
+
+
+def _bind(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(BACKLOG)
+    return sock
 
 
 def _die_with_parent() -> None:
@@ -65,20 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--caddy", required=True, help="the caddy binary")
     p.add_argument("--config", required=True, type=Path, help="the deployment's caddy.json (re-read at each start)")
-    p.add_argument("--port", required=True, type=int, help="the router's port on 127.0.0.1")
+    p.add_argument("--port", required=True, type=int, help="the router's port on 127.0.0.1 (0: any free one)")
+    p.add_argument("--ports-file", required=True, type=Path, help="where the bound router and admin ports go")
     p.add_argument("--pid-file", required=True, type=Path, help="where the running Caddy's pid is written")
     p.add_argument("--events", type=Path, default=None, help="the deployment's events.jsonl")
     a = p.parse_args(argv)
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # both sockets are bound here, on the port asked for or one the kernel picks, and their numbers
+    # read back: no port is probed, closed and handed on for someone else to take first
     try:
-        sock.bind(("127.0.0.1", a.port))
+        http, admin = _bind(a.port), _bind(0)
     except OSError as exc:
         print(f"router holder: cannot bind 127.0.0.1:{a.port}: {exc}", file=sys.stderr, flush=True)
         return 2
-    sock.listen(BACKLOG)
-    fd = sock.fileno()
+    fds = (http.fileno(), admin.fileno())
+    tmp = a.ports_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"http_port": http.getsockname()[1], "admin_port": admin.getsockname()[1]}))
+    tmp.replace(a.ports_file)
     run_path = a.config.with_name("caddy.run.json")
 
     stopping = False
@@ -95,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
     deaths: deque[float] = deque(maxlen=MAX_RESTARTS)
     while not stopping:
-        run_path.write_text(json.dumps(run_config(json.loads(a.config.read_text()), fd)))
+        run_path.write_text(json.dumps(run_config(json.loads(a.config.read_text()), *fds)))
         started = time.monotonic()
         child = subprocess.Popen(
-            [a.caddy, "run", "--config", str(run_path)], pass_fds=(fd,), stdin=subprocess.DEVNULL,
+            [a.caddy, "run", "--config", str(run_path)], pass_fds=fds, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
         )  # fmt: skip
         if stopping:  # SIGTERM came between the loop's check and the start

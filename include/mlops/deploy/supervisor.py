@@ -23,7 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from include.mlops.deploy.local import LocalProcessTarget, _start_ticks, pid_alive
+from include.mlops.deploy.local import LocalProcessTarget
+from include.mlops.deploy.process import pid_alive, start_ticks
 from include.mlops.errors import MlopsError
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def start_detached(state_dir: Path, python_executable: str = sys.executable, int
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=str(root), env=env,
         )  # fmt: skip
-    _pid_file(state_dir).write_text(f"{proc.pid} {_start_ticks(proc.pid)}")
+    _pid_file(state_dir).write_text(f"{proc.pid} {start_ticks(proc.pid)}")
     return proc.pid
 
 
@@ -93,7 +94,7 @@ def stop(state_dir: Path, grace_s: float = 10.0) -> bool:
     if pid is None:
         _pid_file(state_dir).unlink(missing_ok=True)
         return False
-    ticks = _start_ticks(pid)
+    ticks = start_ticks(pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s

@@ -1,7 +1,7 @@
 """The model server: one ONNX model behind FastAPI/uvicorn, with health, info, Prometheus metrics
 and a ring of recent request samples that the canary analysis reads.
 
-Run: python -m include.mlops.serving.server --model PATH --port P --model-name N --model-version V
+Run: python -m include.mlops.serving.server --model PATH (--port P | --fd N) --model-name N --model-version V
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class ServerConfig:
     image_digest: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    # a listening socket the parent bound and passed on (it then knows the port, and no other
+    # process can take it between a probe and the bind); host and port are then only labels
+    fd: int | None = None
     ort_threads: int = 1
     sample_ring_size: int = 20_000
     graceful_shutdown_s: float = 30.0
@@ -348,9 +351,11 @@ def create_app(config: ServerConfig) -> FastAPI:
 
 def serve(config: ServerConfig) -> None:
     """Run the app on uvicorn until SIGTERM/SIGINT; in-flight requests drain before exit."""
+    import socket
+
     import uvicorn
 
-    uvicorn.run(
+    uv = uvicorn.Config(
         create_app(config),
         host=config.host,
         port=config.port,
@@ -360,12 +365,17 @@ def serve(config: ServerConfig) -> None:
         timeout_graceful_shutdown=int(config.graceful_shutdown_s),
         server_header=False,
     )
+    # socket(fileno=) reads the family back from the descriptor (uvicorn's own `fd` assumes AF_UNIX)
+    sockets = None if config.fd is None else [socket.socket(fileno=config.fd)]
+    uvicorn.Server(uv).run(sockets=sockets)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", required=True, type=Path, help="path of the ONNX model file")
-    p.add_argument("--port", required=True, type=int)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int, help="bind 127.0.0.1:PORT (or --host)")
+    where.add_argument("--fd", type=int, help="serve on this inherited listening socket instead")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--model-name", required=True)
     p.add_argument("--model-version", required=True)
@@ -382,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
             model_version=a.model_version,
             image_digest=a.image_digest,
             host=a.host,
-            port=a.port,
+            port=a.port or 0,
+            fd=a.fd,
             ort_threads=a.ort_threads,
             graceful_shutdown_s=a.graceful_shutdown_s,
             max_body_bytes=a.max_body_bytes,
