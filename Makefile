@@ -11,7 +11,7 @@ export no_proxy := 127.0.0.1,localhost
 # the scheduler; a file stays on one worker, since its tests share module fixtures and build on each other
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint typecheck unit ui up down settings bench services clean mutation
+.PHONY: run test test-fast lint typecheck ui up down settings bench services clean mutation
 
 $(VENV)/.installed: requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ typecheck: $(VENV)/.installed-dev
 
 test: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed services lint typecheck
 	$(VENV)/bin/pytest -q --durations=12 -n $(TEST_WORKERS) --dist loadfile
+
+# The developer loop: unit, DAG-integrity and the integration tests that take seconds (no e2e, no
+# runtime, nothing marked slow); `make test` (what CI runs) is the whole suite.
+test-fast: $(VENV)/.installed-dev
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) -m "not slow and not e2e and not runtime" tests/unit tests/dags tests/integration
 
 bench: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed
 	for b in bench/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done

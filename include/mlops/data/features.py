@@ -71,24 +71,43 @@ def parse_bool(value: Any) -> bool:
     raise ValueError(f"{value!r} is not a boolean (use true/false, 0/1, or the strings true/false/yes/no)")
 
 
-def encode_records(records: list[dict[str, Any]]) -> np.ndarray:
-    """Encode JSON records (as posted to a model server) without building a DataFrame."""
+REQUIRED_FIELDS: tuple[str, ...] = (*NUMERIC_FEATURES, *BOOLEAN_FEATURES, *CATEGORICAL_FEATURES)
+
+
+def encode_records(records: list[Any]) -> np.ndarray:
+    """Encode JSON records (as posted to a model server) without building a DataFrame.
+
+    The model server's encoder: it checks what a client can get wrong and raises ValueError
+    naming the record's index and field. For valid records it gives exactly what encode_features
+    gives for the same rows as a frame (a property test holds the two together).
+    """
     import numpy as np
 
     out = np.zeros((len(records), N_FEATURES), dtype=np.float32)
     for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ValueError(f"records[{i}] is {type(rec).__name__}, expected an object of raw columns")
         j = 0
-        for col in NUMERIC_FEATURES:
-            out[i, j] = float(rec[col])
-            j += 1
-        for col in BOOLEAN_FEATURES:
-            out[i, j] = float(parse_bool(rec[col]))
-            j += 1
-        for col, vocab in CATEGORICAL_FEATURES.items():
-            v = rec[col]
-            for val in vocab:
-                out[i, j] = v == val
+        col = ""
+        try:
+            for col in NUMERIC_FEATURES:
+                out[i, j] = float(rec[col])
                 j += 1
+            for col in BOOLEAN_FEATURES:
+                out[i, j] = float(parse_bool(rec[col]))
+                j += 1
+            for col, vocab in CATEGORICAL_FEATURES.items():
+                v = rec[col]
+                for val in vocab:
+                    out[i, j] = v == val
+                    j += 1
+        except KeyError as exc:
+            raise ValueError(
+                f"records[{i}] is missing field {exc.args[0]!r} (required: {list(REQUIRED_FIELDS)})"
+            ) from None
+        except (TypeError, ValueError):
+            expected = 'a boolean (true/false, 0/1, "true"/"false")' if col in BOOLEAN_FEATURES else "a number"
+            raise ValueError(f"records[{i}] field {col!r} is {rec.get(col)!r}, expected {expected}") from None
     return out
 
 

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from include.mlops.data.features import parse_bool
-from include.mlops.data.schema import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, N_FEATURES, NUMERIC_FEATURES
+# the one encoder training and evaluation use too, with the checks a client can fail named
+from include.mlops.data.features import encode_records
+from include.mlops.data.schema import N_FEATURES
 
 if TYPE_CHECKING:
-    import numpy as np
     import onnxruntime as ort
 
 # FastAPI resolves handler annotations at runtime, so its types are imported at module level;
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probability"
-REQUIRED_FIELDS: tuple[str, ...] = (*NUMERIC_FEATURES, *BOOLEAN_FEATURES, *CATEGORICAL_FEATURES)
 MAX_RECORDS_PER_REQUEST = 10_000
 # 10,000 records of ~300 bytes each, with room to spare; checked before and while reading
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -120,38 +119,6 @@ def warm_up(session: Any, runs: int = WARM_UP_RUNS) -> None:
         except Exception as exc:  # noqa: BLE001 - reported, judged later on real traffic
             log.warning("warm-up inference failed: %s", str(exc)[:300])
             return
-
-
-def _encode(records: list[Any]) -> np.ndarray:
-    """Records -> float32 matrix, raising ValueError that names the record index and field."""
-    import numpy as np
-
-    out = np.zeros((len(records), N_FEATURES), dtype=np.float32)
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise ValueError(f"records[{i}] is {type(rec).__name__}, expected an object of raw columns")
-        j = 0
-        col = ""
-        try:
-            for col in NUMERIC_FEATURES:
-                out[i, j] = float(rec[col])
-                j += 1
-            for col in BOOLEAN_FEATURES:
-                out[i, j] = float(parse_bool(rec[col]))
-                j += 1
-            for col, vocab in CATEGORICAL_FEATURES.items():
-                v = rec[col]
-                for val in vocab:
-                    out[i, j] = v == val
-                    j += 1
-        except KeyError as exc:
-            raise ValueError(
-                f"records[{i}] is missing field {exc.args[0]!r} (required: {list(REQUIRED_FIELDS)})"
-            ) from None
-        except (TypeError, ValueError):
-            expected = 'a boolean (true/false, 0/1, "true"/"false")' if col in BOOLEAN_FEATURES else "a number"
-            raise ValueError(f"records[{i}] field {col!r} is {rec.get(col)!r}, expected {expected}") from None
-    return out
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -265,7 +232,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                     raise ValueError("'records' must be a non-empty list of objects")
                 if len(records) > MAX_RECORDS_PER_REQUEST:
                     raise ValueError(f"{len(records)} records in one request; the limit is {MAX_RECORDS_PER_REQUEST}")
-                x = _encode(records)
+                x = encode_records(records)
             except (ValueError, KeyError, TypeError) as exc:
                 msg = "body must be JSON {'records': [...]}" if isinstance(exc, KeyError | TypeError) else str(exc)
                 finish(t0, 422, None)

@@ -1,28 +1,22 @@
-"""The server's record encoding matches the shared feature encoder and names what is wrong."""
+"""The server's record encoding (data/features.encode_records) names what is wrong; model loading; the split."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from include.mlops.data.features import encode_records
 from include.mlops.deploy.caddy import split_for
-from include.mlops.serving.server import ModelLoadError, _encode, load_session
+from include.mlops.serving.server import ModelLoadError, load_session
 from tests.model_fixtures import build_logistic_model, build_unloadable_model, sample_records
-
-
-def test_server_encoding_equals_training_encoding():
-    recs = sample_records(20, seed=1)
-    np.testing.assert_array_equal(_encode(recs), encode_records(recs))
 
 
 def test_missing_field_is_named_with_record_index():
     recs = sample_records(2)
     del recs[1]["country"]
     with pytest.raises(ValueError, match=r"records\[1\] is missing field 'country'"):
-        _encode(recs)
+        encode_records(recs)
 
 
 def test_unloadable_model_raises_model_load_error(tmp_path: Path):
