@@ -181,9 +181,20 @@ def serving_target(settings: ProjectSettings, model_name: str | None = None) -> 
             replicas=settings.serving_replicas,
             base_url=settings.docker_base_url,
         )
+    if settings.profile == "kubernetes":
+        from include.mlops.deploy.k8s_manifests import ServingResources
+        from include.mlops.deploy.kubernetes import KubernetesServingConfig, KubernetesTarget
+
+        n = settings.serving_replicas
+        return KubernetesTarget(
+            model_name,
+            registry=settings.image_registry or "",
+            config=KubernetesServingConfig.from_env(),
+            resources=ServingResources(min_replicas=n, max_replicas=3 * n),
+        )
     raise DeployError(
-        f"profile {settings.profile!r}: no serving target implemented yet in this build (local and docker); "
-        "set Variable mlops_profile=local or docker"
+        f"profile {settings.profile!r}: no serving target implemented yet in this build (local, docker, "
+        "kubernetes); set Variable mlops_profile to one of them"
     )
 
 

@@ -1,0 +1,425 @@
+"""The `kubernetes` profile's deploy target: a Deployment per track behind one Gateway API HTTPRoute.
+
+Every object is written by server-side apply (field manager ``mlops-release``, forced), so a move
+repeated after a worker died converges to the same objects. The release's state is in the cluster:
+version, digest, owner and start time in the Deployments' annotations, the split in the HTTPRoute's
+backendRefs weights, bookkeeping records in the HTTPRoute's annotations. No local file.
+
+Canary analysis: without Prometheus the default sample source reads each track's ``/samples``
+through its Service URL (Backend.url), i.e. from whichever pod the Service picks per fetch; the
+worker must run in the cluster (the NetworkPolicy admits ``workers_namespace``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from include.mlops.deploy import k8s_manifests as km
+from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
+from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+A = km.PREFIX  # annotation prefix
+FIELD_MANAGER = "mlops-release"
+
+
+@dataclass(frozen=True)
+class KubernetesServingConfig:
+    """Where the target works; from MLOPS_K8S_* environment variables (see README, profile kubernetes)."""
+
+    namespace: str = "mlops-serving"
+    gateway: km.GatewayRef = field(default_factory=km.GatewayRef)
+    gateway_url: str | None = None
+    workers_namespace: str | None = None
+    kube_config: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> KubernetesServingConfig:
+        e = os.environ if env is None else env
+        gw_ns, _, gw_name = e.get("MLOPS_K8S_GATEWAY", "gateway-system/mlops-gateway").rpartition("/")
+        return cls(
+            namespace=e.get("MLOPS_K8S_NAMESPACE", "mlops-serving"),
+            gateway=km.GatewayRef(name=gw_name, namespace=gw_ns or "gateway-system"),
+            gateway_url=e.get("MLOPS_K8S_GATEWAY_URL") or None,
+            workers_namespace=e.get("MLOPS_K8S_WORKERS_NAMESPACE") or None,
+            kube_config=e.get("KUBECONFIG") or None,
+        )
+
+
+def api_client(kube_config: str | None) -> ApiClient:
+    """A client from a kubeconfig file, else the pod's in-cluster service account."""
+    from kubernetes import client, config
+
+    if kube_config:
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=kube_config, client_configuration=cfg)
+        return client.ApiClient(cfg)
+    config.load_incluster_config()
+    return client.ApiClient()
+
+
+class KubernetesTarget:
+    """DeployTarget over the Kubernetes API; every move converges when repeated."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        registry: str,
+        config: KubernetesServingConfig | None = None,
+        resources: km.ServingResources | None = None,
+        client: ApiClient | None = None,
+        poll_s: float = 0.5,
+        update_timeout_s: float = 300.0,
+    ) -> None:
+        self.config = config or KubernetesServingConfig()
+        self.scope = km.Scope(
+            model_name=model_name,
+            namespace=self.config.namespace,
+            registry=registry,
+            gateway=self.config.gateway,
+            workers_namespace=self.config.workers_namespace,
+        )
+        self.model_name = model_name
+        self.resources = resources or km.ServingResources()
+        self.poll_s = poll_s
+        self.update_timeout_s = update_timeout_s
+        self._client = client
+
+    # ---- REST: the official client's ApiClient, one generic path for every kind -------------------
+
+    @property
+    def client(self) -> ApiClient:
+        if self._client is None:
+            self._client = api_client(self.config.kube_config)
+        return self._client
+
+    def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
+              content_type: str = "application/json") -> Any:  # fmt: skip
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.client.call_api(
+                path, method, query_params=query or [], body=body,
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                response_types_map={200: "object", 201: "object", 202: "object"},
+                auth_settings=["BearerToken"], _return_http_data_only=True,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404 and method in ("GET", "DELETE"):
+                return None
+            raise DeployError(f"kubernetes API {method} {path}: HTTP {exc.status} {exc.reason}: {exc.body}") from exc
+
+    def _path(self, kind: str, name: str | None = None) -> str:
+        base = km.PATHS[kind].format(ns=self.scope.namespace)
+        return f"{base}/{name}" if name else base
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply: creates or updates to exactly these fields (ours, forced)."""
+        out = self._call(
+            "PATCH", self._path(obj["kind"], obj["metadata"]["name"]), obj,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")], content_type="application/apply-patch+yaml",
+        )  # fmt: skip
+        return dict(out or {})
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        found = self._call("GET", self._path(kind, name))
+        return dict(found) if found else None
+
+    def delete(self, kind: str, name: str) -> bool:
+        """True if it existed (a 404 is success: the object is gone either way)."""
+        return self._call("DELETE", self._path(kind, name), {"propagationPolicy": "Background"}) is not None
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def _deployment(self, track: str) -> dict[str, Any] | None:
+        return self.get("Deployment", self.scope.name(track))
+
+    def _route(self) -> dict[str, Any] | None:
+        return self.get("HTTPRoute", self.scope.route_name)
+
+    @staticmethod
+    def _ann(obj: dict[str, Any] | None) -> dict[str, str]:
+        return dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
+
+    @staticmethod
+    def _available(dep: dict[str, Any] | None) -> bool:
+        """The Deployment's current spec is rolled out: every wanted pod updated and available."""
+        if not dep:
+            return False
+        st, meta = dep.get("status") or {}, dep.get("metadata") or {}
+        want = int((dep.get("spec") or {}).get("replicas") or 1)
+        return (
+            int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 1)
+            and int(st.get("updatedReplicas") or 0) >= want
+            and int(st.get("availableReplicas") or 0) >= want
+            and int(st.get("replicas") or 0) <= int(st.get("updatedReplicas") or 0)
+        )
+
+    def _backend(self, dep: dict[str, Any] | None, track: str) -> Backend | None:
+        if dep is None:
+            return None
+        a = self._ann(dep)
+        return Backend(
+            name=self.model_name,
+            version=a.get(f"{A}/version", "?"),
+            url=f"http://{self.scope.name(track)}.{self.scope.namespace}.svc.cluster.local:{km.CONTAINER_PORT}",
+            model_path=a.get(f"{A}/model-path", ""),
+            image_digest=a.get(f"{A}/image-digest"),
+            port=km.CONTAINER_PORT,
+            log_path=f"kubectl -n {self.scope.namespace} logs deployment/{self.scope.name(track)}",
+            started_at_unix=float(a.get(f"{A}/started-at", "0")),
+        )
+
+    def _canary_weight(self, route: dict[str, Any] | None) -> int:
+        return km.route_weights(route, self.scope).get(self.scope.name("canary"), 0)
+
+    # ---- apply helpers -------------------------------------------------------------------------
+
+    def _apply_route(self, canary_weight_pct: int | None, extra: dict[str, str | None] | None = None) -> None:
+        """The split; the route's record annotations are carried over (apply would drop them)."""
+        ann = {k: v for k, v in self._ann(self._route()).items() if k.startswith(f"{A}/")}
+        for k, v in (extra or {}).items():
+            if v is None:
+                ann.pop(k, None)
+            else:
+                ann[k] = v
+        self.apply(km.http_route(self.scope, canary_weight_pct, ann))
+
+    def _apply_track(self, track: str, model: ModelRef, annotations: dict[str, str]) -> None:
+        ann = {
+            f"{A}/version": str(model.version),
+            f"{A}/model-path": str(model.model_path),
+            f"{A}/image-digest": model.image_digest or "",
+            **annotations,
+        }
+        res = self.resources
+        self.apply(km.network_policy(self.scope))
+        self.apply(km.service(self.scope, track))
+        self.apply(km.deployment(self.scope, track, digest=model.image_digest or "", version=str(model.version),
+                                 annotations=ann, res=res))  # fmt: skip
+        self.apply(km.autoscaler(self.scope, track, res))
+        self.apply(km.disruption_budget(self.scope, track))
+
+    def _delete_track(self, track: str) -> None:
+        for kind in km.TRACK_KINDS:
+            self.delete(kind, self.scope.name(track))
+
+    def _pod_reasons(self, track: str) -> list[str]:
+        """Why a track's pods are not ready: container waiting/terminated reasons, scheduler messages."""
+        found = self._call("GET", self._path("Pod")) or {}
+        want = self.scope.selector(track)
+        out: list[str] = []
+        for pod in found.get("items") or []:
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            if any(labels.get(k) != v for k, v in want.items()):
+                continue  # the list is filtered again here: selectors are the server's, names ours
+            st, name = pod.get("status") or {}, pod["metadata"]["name"]
+            for c in st.get("containerStatuses") or []:
+                for kind in ("waiting", "terminated"):
+                    s = (c.get("state") or {}).get(kind) or (c.get("lastState") or {}).get(kind)
+                    if s and s.get("reason") not in (None, "Completed"):
+                        out.append(f"pod {name}: {s['reason']}" + (f" ({s['message']})" if s.get("message") else ""))
+                        break
+            for cond in st.get("conditions") or []:
+                if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                    out.append(f"pod {name}: {st.get('phase', 'Pending')}, {cond.get('reason')}: {cond.get('message')}")
+        return out
+
+    def _wait_available(self, track: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._available(self._deployment(track)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.poll_s)
+
+    def _not_ready(self, track: str, model: ModelRef, timeout_s: float) -> str:
+        reasons = self._pod_reasons(track)
+        return (
+            f"{track} {self.model_name} v{model.version} ({self.scope.name(track)}) not available within "
+            f"{timeout_s:g} s: {'; '.join(reasons) or 'no pod reported a reason'}"
+        )
+
+    @staticmethod
+    def _model_of(dep: dict[str, Any], name: str) -> ModelRef:
+        a = KubernetesTarget._ann(dep)
+        return ModelRef(name, a.get(f"{A}/version", "?"), Path(a.get(f"{A}/model-path", "")),
+                        a.get(f"{A}/image-digest") or None)  # fmt: skip
+
+    # ---- public API ----------------------------------------------------------------------------
+
+    def status(self) -> ServingState:
+        route = self._route()
+        canary = self._deployment("canary")
+        return ServingState(
+            router_url=self.config.gateway_url,
+            stable=self._backend(self._deployment("stable"), "stable"),
+            canary=self._backend(canary, "canary"),
+            canary_weight_pct=self._canary_weight(route) if canary else 0,
+        )
+
+    def ensure_stable(self, model: ModelRef, ready_timeout_s: float = 60.0) -> Backend:
+        canary = self._deployment("canary")
+        if canary is not None:
+            raise DeployError(
+                f"cannot replace the stable with version {model.version} while canary version "
+                f"{self._ann(canary).get(f'{A}/version')} runs; promote or roll back the canary first"
+            )
+        old = self._deployment("stable")
+        started = self._ann(old).get(f"{A}/started-at") if old else None
+        same = old is not None and self._ann(old).get(f"{A}/image-digest") == model.image_digest
+        self._apply_track("stable", model, {f"{A}/started-at": started if same and started else f"{time.time():.3f}"})
+        if not self._wait_available("stable", ready_timeout_s):
+            msg = self._not_ready("stable", model, ready_timeout_s)
+            if old is not None and not same:  # back to the old spec: its pods never stopped (maxUnavailable 0)
+                prev = self._model_of(old, self.model_name)
+                self._apply_track("stable", prev, {f"{A}/started-at": self._ann(old).get(f"{A}/started-at", "0")})
+                msg += f"; the stable stays at v{prev.version}"
+            raise BackendNotReady(msg)
+        self._apply_route(None)
+        backend = self._backend(self._deployment("stable"), "stable")
+        assert backend is not None
+        return backend
+
+    def start_canary(
+        self, model: ModelRef, ready_timeout_s: float = 60.0, owner: dict[str, Any] | None = None
+    ) -> Backend:
+        if self._deployment("stable") is None:
+            raise DeployError("no stable deployment to canary against; run ensure_stable first")
+        canary = self._deployment("canary")
+        if canary is not None:
+            a = self._ann(canary)
+            holder = json.loads(a.get(f"{A}/owner", "null"))
+            if a.get(f"{A}/version") != str(model.version) or (owner is not None and holder not in (None, owner)):
+                raise ServingBusy(
+                    f"release {_describe(holder)} is in progress with canary v{a.get(f'{A}/version')} "
+                    f"(deployment {self.scope.name('canary')}); it must promote or roll back (or run the "
+                    f"rollback DAG) before version {model.version} can start"
+                )
+        started = self._ann(canary).get(f"{A}/started-at") if canary else None
+        ann = {f"{A}/owner": km.dumps(owner), f"{A}/started-at": started or f"{time.time():.3f}"}
+        self._apply_track("canary", model, ann)
+        self._apply_route(self._canary_weight(self._route()) if canary else 0)
+        if not self._wait_available("canary", ready_timeout_s):
+            msg = self._not_ready("canary", model, ready_timeout_s)
+            self._apply_route(None)
+            self._delete_track("canary")
+            raise BackendNotReady(msg + "; the canary was removed")
+        backend = self._backend(self._deployment("canary"), "canary")
+        assert backend is not None
+        return backend
+
+    def set_canary_weight(self, pct: int) -> None:
+        if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
+            raise DeployError(f"canary weight {pct!r} is not an integer percentage in 0..100")
+        if self._deployment("canary") is None:
+            raise DeployError(f"no canary running to give {pct} % of the traffic")
+        self._apply_route(pct)
+
+    def promote(self) -> Backend:
+        """Canary takes 100 %; the stable Deployment rolls to the canary's digest (maxUnavailable 0) and
+        is waited for; then the stable takes 100 % again and the canary's objects are deleted."""
+        stable, canary = self._deployment("stable"), self._deployment("canary")
+        if stable is None:
+            raise DeployError("nothing to promote: no stable deployment")
+        if canary is not None:
+            if not self._available(canary):
+                raise DeployError(
+                    f"canary {self.scope.name('canary')} is not available; cannot promote it. "
+                    f"Pods: {'; '.join(self._pod_reasons('canary')) or 'no pod reported a reason'}"
+                )
+            model = self._model_of(canary, self.model_name)
+            self._apply_route(100)
+            ca = self._ann(canary)
+            ann = {
+                f"{A}/started-at": ca.get(f"{A}/started-at", f"{time.time():.3f}"),
+                f"{A}/promoted-from": km.dumps(json.loads(ca.get(f"{A}/owner", "null"))),
+            }
+            self._apply_track("stable", model, ann)
+            if not self._wait_available("stable", self.update_timeout_s):
+                # the canary still serves 100 %: a retried promote continues from here
+                raise DeployError(self._not_ready("stable", model, self.update_timeout_s) + "; the canary keeps 100 %")
+            self._apply_route(None)
+            self._delete_track("canary")
+        backend = self._backend(self._deployment("stable"), "stable")
+        assert backend is not None
+        return backend
+
+    def rollback(self, reason: str, owner: dict[str, Any] | None = None) -> bool:
+        """Weights first (stable 100 %), then the canary's objects are deleted."""
+        canary = self._deployment("canary")
+        if canary is None:
+            return False
+        a = self._ann(canary)
+        holder = json.loads(a.get(f"{A}/owner", "null"))
+        if owner is not None and holder not in (None, owner):
+            return False
+        if self._deployment("stable") is not None:
+            last = {"reason": reason, "version": a.get(f"{A}/version"), "canary_owner": holder, "by": owner,
+                    "at_unix": time.time()}  # fmt: skip
+            self._apply_route(None, {f"{A}/last-rollback": km.dumps(last)})
+        self._delete_track("canary")
+        return True
+
+    def canary_owner(self) -> dict[str, Any] | None:
+        canary = self._deployment("canary")
+        return json.loads(self._ann(canary).get(f"{A}/owner", "null")) if canary else None
+
+    def record(self, key: str) -> Any:
+        raw = self._ann(self._route()).get(f"{A}/record.{key}")
+        return json.loads(raw) if raw else None
+
+    def set_record(self, key: str, value: Any) -> None:
+        route = self._route()
+        if route is None:
+            raise DeployError(f"no HTTPRoute {self.scope.route_name} to keep record {key!r} on: no stable yet")
+        weight = self._canary_weight(route) if self._deployment("canary") else None
+        self._apply_route(weight, {f"{A}/record.{key}": None if value is None else km.dumps(value)})
+
+    def backend_alive(self, b: Backend) -> bool:
+        for track in km.TRACKS:
+            dep = self._deployment(track)
+            if dep is not None and self._ann(dep).get(f"{A}/version") == b.version:
+                return int((dep.get("status") or {}).get("availableReplicas") or 0) >= 1
+        return False
+
+    def health(self) -> ServingHealth:
+        """stable/canary: at least one pod available; router: the HTTPRoute routes to exactly the tracks."""
+        stable, canary = self._deployment("stable"), self._deployment("canary")
+
+        def up(d: dict[str, Any] | None) -> bool | None:
+            return None if d is None else int((d.get("status") or {}).get("availableReplicas") or 0) >= 1
+
+        weights = km.route_weights(self._route(), self.scope)
+        wanted = {self.scope.name(t) for t, d in (("stable", stable), ("canary", canary)) if d is not None}
+        return ServingHealth(
+            stable=up(stable), canary=up(canary), router=None if stable is None else set(weights) == wanted
+        )
+
+    def restore(self) -> tuple[str, ...]:
+        """Kubernetes restarts pods itself; this re-applies a missing or wrong HTTPRoute."""
+        stable = self._deployment("stable")
+        if stable is None or self.health().router:
+            return ()
+        canary = self._deployment("canary")
+        self._apply_route(self._canary_weight(self._route()) if canary else None)
+        return (f"HTTPRoute {self.scope.route_name}",)
+
+    def stop_all(self) -> None:
+        self.delete("HTTPRoute", self.scope.route_name)
+        for track in ("canary", "stable"):
+            self._delete_track(track)
+        self.delete("NetworkPolicy", self.scope.route_name)
+
+
+def _describe(owner: dict[str, Any] | None) -> str:
+    return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}" if owner else "(owner not recorded)"
