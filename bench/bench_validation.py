@@ -94,11 +94,11 @@ def main() -> None:
     spec = read_suite_spec(SUITE)
     _, expectations = _suite_and_expectations(SUITE, ref)
 
-    validate_batch(batch, SUITE, ref, work / "warmup")  # imports, caches
+    validate_batch(batch, SUITE, ref, report_dir=work / "warmup")  # imports, caches
     reports = []
 
     def gx_once() -> Any:
-        r = validate_batch(batch, SUITE, ref, work / f"report{len(reports)}")
+        r = validate_batch(batch, SUITE, ref, report_dir=work / f"report{len(reports)}")
         reports.append(r)
         return r
 

@@ -62,7 +62,7 @@ def land_batch() -> None:
         # default yesterday: a complete day (today's would hold events later than its landing time)
         date = params.get("batch_date") or pendulum.now("UTC").subtract(days=1).to_date_string()
         corruption = None if params["corruption"] == "none" else params["corruption"]
-        df = generate_batch(params["rows"], params["seed"], params["drift"], corruption, batch_date=date)
+        df = generate_batch(params["rows"], params["seed"], params["drift"], corruption=corruption, batch_date=date)
         path = land_frame(df, settings.landing_dir, date)  # never overwrites: a 2nd batch that day gets _2
         outlet_events[LANDING].extra = {"path": str(path)}
         return str(path)

@@ -110,7 +110,7 @@ def retrain() -> None:
         from include.mlops.airflow import retrain
 
         ident = retrain.identity(dag_run, ti)
-        placement = retrain.route_or_reschedule(ident, params["resources"], ti, context)
+        placement = retrain.route_or_reschedule(ident, params["resources"], ti, context=context)
         ti.xcom_push(key="placement", value=placement)
         return placement["launch"]
 

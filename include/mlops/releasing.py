@@ -362,7 +362,7 @@ def _model_ref(settings: ProjectSettings, plan: dict[str, Any], image: dict[str,
 
 
 def deploy_canary(
-    settings: ProjectSettings, plan: dict[str, Any], image: dict[str, Any] | None, log: Log = print
+    settings: ProjectSettings, plan: dict[str, Any], image: dict[str, Any] | None, *, log: Log = print
 ) -> dict[str, Any]:
     """Start the canary at 0 % (or, on the very first release, the stable itself).
 
@@ -420,7 +420,7 @@ def _replay_records(settings: ProjectSettings, n: int = 200) -> list[dict[str, A
 
 
 def analyse(
-    settings: ProjectSettings, plan: dict[str, Any], deployed: dict[str, Any], log: Log = print
+    settings: ProjectSettings, plan: dict[str, Any], deployed: dict[str, Any], *, log: Log = print
 ) -> dict[str, Any]:
     """Step the canary weight, analyse each step against the stable, roll back at the first failure."""
     if plan["noop"] or plan["dry_run"] or deployed.get("first_release"):
@@ -601,8 +601,8 @@ def rollback_to_version(
     settings: ProjectSettings,
     model_name: str,
     version: str | None,
-    log: Log = print,
     *,
+    log: Log = print,
     run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Manual rollback: put the previous champion (or a named version) back into service, fast.

@@ -106,7 +106,7 @@ def validate_data(
     reference = ensure_reference_batch(settings)
     report_dir = settings.reports_dir / ident.safe_name
     log(f"validating {batch} against {SUITE_PATH.name} (reference {reference.name})")
-    report = validate_batch(batch, SUITE_PATH, reference, report_dir)
+    report = validate_batch(batch, SUITE_PATH, reference, report_dir=report_dir)
     log(f"validation report: {report.result_json_path}")
     log(f"data docs: {report.data_docs_index_path}")
     log(
@@ -149,7 +149,7 @@ def find_identical(
     """
     from include.mlops.registry.mlflow_registry import MlflowRegistry
 
-    config = json.loads(train_config(settings, ident, validation, hyperparams(params)).to_json())
+    config = json.loads(train_config(settings, ident, validation, hyperparams=hyperparams(params)).to_json())
     wanted = {DATA_FINGERPRINT_TAG: validation["fingerprint"], TRAINING_FINGERPRINT_TAG: training_fingerprint(config)}
     same = MlflowRegistry(settings.mlflow_tracking_uri).find_tagged_version(settings.registered_model, wanted)
     if same is None:
@@ -237,7 +237,7 @@ def train(
     if launch is not None:
         check_launch(launch, placement)
     check_fingerprint(validation["batch_path"], validation["fingerprint"])
-    config = train_config(settings, ident, validation, hyperparams)
+    config = train_config(settings, ident, validation, hyperparams=hyperparams)
     log(f"training on {placement.get('target')}: {placement.get('explanation_text', '')}")
     try:
         result = launcher(config)
@@ -264,7 +264,7 @@ def resume_training(
     """Finish a deferred training (``resumer``: from the trigger's event: log, cleanup, result)."""
     from include.mlops.data.batches import check_fingerprint
 
-    config = train_config(settings, ident, validation, hyperparams)
+    config = train_config(settings, ident, validation, hyperparams=hyperparams)
     try:
         result = resumer(config)
     finally:
@@ -274,7 +274,7 @@ def resume_training(
 
 
 def train_config(
-    settings: ProjectSettings, ident: RunIdentity, validation: dict[str, Any], hyperparams: dict[str, Any]
+    settings: ProjectSettings, ident: RunIdentity, validation: dict[str, Any], *, hyperparams: dict[str, Any]
 ) -> TrainConfig:
     """The run's TrainConfig: its folders are keyed by the run, so a retry resumes from checkpoints."""
     from include.mlops.training.config import TrainConfig
@@ -363,7 +363,9 @@ def register(
 
     metrics = json.loads(Path(trained["metrics_path"]).read_text())
     output_dir = Path(trained["output_dir"])
-    decision = decide_promotion(gate_metric, evaluation["challenger"], evaluation["champion"], gate_min_improvement)
+    decision = decide_promotion(
+        gate_metric, evaluation["challenger"], evaluation["champion"], min_improvement=gate_min_improvement
+    )
     lineage = {
         "airflow.dag_id": ident.dag_id,
         "airflow.run_id": ident.run_id,
@@ -391,7 +393,7 @@ def register(
     )
     registry = MlflowRegistry(settings.mlflow_tracking_uri)
     run_id = registry.log_training(record, EXPERIMENT_PREFIX + settings.registered_model)
-    version = registry.register_version(settings.registered_model, run_id, ident.run_key, lineage)
+    version = registry.register_version(settings.registered_model, run_id, ident.run_key, tags=lineage)
     registry.set_version_tags(settings.registered_model, version.version, decision.as_tags())
     registry.set_alias(settings.registered_model, CHALLENGER, version.version)
     log(f"registered {settings.registered_model} v{version.version} (run {run_id}) as {CHALLENGER}")

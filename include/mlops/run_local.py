@@ -72,7 +72,7 @@ def main() -> int:
     except BatchReadError:
         # yesterday's complete day: today's would hold events later than its landing time
         yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86_400))
-        batch = write_batch(settings.landing_dir, yesterday, 50_000, 7, 0.0, None)
+        batch = write_batch(settings.landing_dir, yesterday, 50_000, seed=7, drift=0.0, corruption=None)
     print(f"batch: {batch.relative_to(PROJECT_ROOT) if batch.is_relative_to(PROJECT_ROOT) else batch}", flush=True)
 
     rc, run, _ = run_dag("retrain", {"batch_path": str(batch)})

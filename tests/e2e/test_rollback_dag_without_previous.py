@@ -29,7 +29,7 @@ def test_a_rollback_without_a_previous_champion_fails_naming_the_version_param(d
         tags={},
         artifacts={},
     )
-    version = reg.register_version(name, reg.log_training(record, f"rb-{name}"), f"rb/{name}/1", {}).version
+    version = reg.register_version(name, reg.log_training(record, f"rb-{name}"), f"rb/{name}/1", tags={}).version
     reg.set_alias(name, CHAMPION, version)  # a first release: champion, no previous champion recorded
     assert PREVIOUS_CHAMPION_TAG not in reg.get_version(name, version).tags
 

@@ -60,8 +60,8 @@ def test_retried_register_finds_its_own_version(mlflow_server: str, tmp_path: Pa
     rec = _record(tmp_path, "retrain/run-1")
     run_id = reg.log_training(rec, "retrain-test")
     assert reg.log_training(rec, "retrain-test") == run_id  # retry: same run, no second run
-    v1 = reg.register_version("fraud-test", run_id, rec.run_key, {"data.fingerprint": "abc"})
-    again = reg.register_version("fraud-test", run_id, rec.run_key, {"data.fingerprint": "abc"})
+    v1 = reg.register_version("fraud-test", run_id, rec.run_key, tags={"data.fingerprint": "abc"})
+    again = reg.register_version("fraud-test", run_id, rec.run_key, tags={"data.fingerprint": "abc"})
     assert again.version == v1.version
     versions = reg.client.search_model_versions("name = 'fraud-test'")
     assert len(versions) == 1
@@ -75,7 +75,7 @@ def test_aliases_and_onnx_download_round_trip(mlflow_server: str, tmp_path: Path
     reg = MlflowRegistry(mlflow_server)
     rec = _record(tmp_path, "retrain/run-2", seed=3)
     run_id = reg.log_training(rec, "retrain-test")
-    v = reg.register_version("fraud-alias", run_id, rec.run_key, {})
+    v = reg.register_version("fraud-alias", run_id, rec.run_key, tags={})
     assert reg.get_alias("fraud-alias", CHALLENGER) is None
     reg.set_alias("fraud-alias", CHALLENGER, v.version)
     assert reg.get_alias("fraud-alias", CHALLENGER).version == v.version  # type: ignore[union-attr]
@@ -89,7 +89,7 @@ def test_unknown_model_or_version_is_a_clear_param_error(mlflow_server: str, tmp
     with pytest.raises(InvalidReleaseParams, match="model_name='nope'"):
         reg.get_version("nope", "1")
     rec = _record(tmp_path, "retrain/run-3")
-    reg.register_version("fraud-v", reg.log_training(rec, "retrain-test"), rec.run_key, {})
+    reg.register_version("fraud-v", reg.log_training(rec, "retrain-test"), rec.run_key, tags={})
     with pytest.raises(InvalidReleaseParams, match="no version 42"):
         reg.get_version("fraud-v", "42")
     with pytest.raises(InvalidReleaseParams, match="no such alias"):
@@ -108,7 +108,7 @@ def test_get_alias_is_none_only_when_mlflow_says_the_model_or_alias_does_not_exi
     reg = MlflowRegistry(mlflow_server)
     assert reg.get_alias("no-such-model-anywhere", CHAMPION) is None
     rec = _record(tmp_path, "retrain/run-absent")
-    v = reg.register_version("fraud-absent", reg.log_training(rec, "retrain-test"), rec.run_key, {})
+    v = reg.register_version("fraud-absent", reg.log_training(rec, "retrain-test"), rec.run_key, tags={})
     assert reg.get_alias("fraud-absent", CHAMPION) is None  # the model exists, the alias does not
     reg.set_alias("fraud-absent", CHAMPION, v.version)
     assert reg.get_alias("fraud-absent", CHAMPION) == reg.get_version("fraud-absent", v.version)
@@ -119,7 +119,7 @@ def test_a_5xx_on_the_alias_lookup_is_an_error_naming_server_and_call_not_no_cha
 ) -> None:
     reg = MlflowRegistry(mlflow_server)
     rec = _record(tmp_path, "retrain/run-5xx-alias")
-    v = reg.register_version("fraud-5xx-alias", reg.log_training(rec, "retrain-test"), rec.run_key, {})
+    v = reg.register_version("fraud-5xx-alias", reg.log_training(rec, "retrain-test"), rec.run_key, tags={})
     reg.set_alias("fraud-5xx-alias", CHAMPION, v.version)
     with fault_proxy(mlflow_server) as proxy:
         proxy.failing = {"/registered-models/get", "/registered-models/alias"}
@@ -139,12 +139,12 @@ def test_a_5xx_on_the_version_search_fails_the_retry_instead_of_registering_a_du
     reg = MlflowRegistry(mlflow_server)
     rec = _record(tmp_path, "retrain/run-5xx-search")
     run_id = reg.log_training(rec, "retrain-test")
-    first = reg.register_version("fraud-5xx-search", run_id, rec.run_key, {})
+    first = reg.register_version("fraud-5xx-search", run_id, rec.run_key, tags={})
     with fault_proxy(mlflow_server) as proxy:
         proxy.failing = {"/model-versions/search", "/runs/search"}
         flaky = MlflowRegistry(proxy.url)
         with pytest.raises(RegistryUnavailable, match="search_model_versions"):
-            flaky.register_version("fraud-5xx-search", run_id, rec.run_key, {})  # the task's retry
+            flaky.register_version("fraud-5xx-search", run_id, rec.run_key, tags={})  # the task's retry
         with pytest.raises(RegistryUnavailable, match="search_runs"):
             flaky.find_run("retrain-test", rec.run_key)
     versions = reg.client.search_model_versions("name = 'fraud-5xx-search'")
@@ -154,7 +154,7 @@ def test_a_5xx_on_the_version_search_fails_the_retry_instead_of_registering_a_du
 def test_a_truncated_cached_onnx_is_downloaded_again(mlflow_server: str, tmp_path: Path) -> None:
     reg = MlflowRegistry(mlflow_server)
     rec = _record(tmp_path, "retrain/run-truncated", seed=5)
-    v = reg.register_version("fraud-dl", reg.log_training(rec, "retrain-test"), rec.run_key, {})
+    v = reg.register_version("fraud-dl", reg.log_training(rec, "retrain-test"), rec.run_key, tags={})
     original = rec.model_onnx_path.read_bytes()
     path = reg.download_onnx(v, tmp_path / "cache")
     assert path.read_bytes() == original
@@ -168,7 +168,7 @@ def test_a_truncated_cached_onnx_is_downloaded_again(mlflow_server: str, tmp_pat
 def test_a_cached_onnx_with_a_flipped_byte_is_downloaded_again(mlflow_server: str, tmp_path: Path) -> None:
     reg = MlflowRegistry(mlflow_server)
     rec = _record(tmp_path, "retrain/run-flipped", seed=6)
-    v = reg.register_version("fraud-dl-flip", reg.log_training(rec, "retrain-test"), rec.run_key, {})
+    v = reg.register_version("fraud-dl-flip", reg.log_training(rec, "retrain-test"), rec.run_key, tags={})
     original = rec.model_onnx_path.read_bytes()
     path = reg.download_onnx(v, tmp_path / "cache")
     damaged = bytearray(original)

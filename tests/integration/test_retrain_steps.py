@@ -90,7 +90,7 @@ def _register(reg: MlflowRegistry, tmp_path: Path, model: str, run_key: str, tag
         artifacts={},
     )
     run_id = reg.log_training(record, retraining.EXPERIMENT_PREFIX + model)
-    return reg.register_version(model, run_id, run_key, tags).version
+    return reg.register_version(model, run_id, run_key, tags=tags).version
 
 
 def _rewrite(batch: Path) -> None:
@@ -162,7 +162,9 @@ def test_a_training_identical_to_a_registered_version_is_found_and_any_differenc
     ident = retraining.RunIdentity("retrain", "manual__first")
     validation = _validated(settings)
     params = {"epochs": 3}
-    config = json.loads(retraining.train_config(settings, ident, validation, retraining.hyperparams(params)).to_json())
+    config = json.loads(
+        retraining.train_config(settings, ident, validation, hyperparams=retraining.hyperparams(params)).to_json()
+    )
     tags = {
         retraining.DATA_FINGERPRINT_TAG: validation["fingerprint"],
         retraining.TRAINING_FINGERPRINT_TAG: retraining.training_fingerprint(config),

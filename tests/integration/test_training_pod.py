@@ -250,7 +250,7 @@ def test_deferrable_pod_frees_the_worker_and_resumes_from_the_trigger_event(
     event = _trigger_event(deferred)
     assert event["status"] == "success", event
     result = resume_training_pod(
-        config, a100_placement(), _settings(data_root), event, context=_context(), run_name="manual__d"
+        config, a100_placement(), _settings(data_root), event=event, context=_context(), run_name="manual__d"
     )
     assert Path(result.model_onnx_path).is_file() and result.epochs_run == 1
     assert _pod_objects(cluster) == []  # re-entry deleted the pod
@@ -264,7 +264,7 @@ def test_deferrable_pod_failure_names_the_pod_exit_code_and_log_tail(cluster: Si
     assert event["status"] == "failed", event
     with pytest.raises(TrainingFailed) as err:
         resume_training_pod(
-            config, a100_placement(), _settings(data_root), event, context=_context(), run_name="manual__d"
+            config, a100_placement(), _settings(data_root), event=event, context=_context(), run_name="manual__d"
         )
     name = cluster.created[0]["metadata"]["name"]
     message = str(err.value)
@@ -285,7 +285,7 @@ def test_deferrable_pod_never_scheduled_times_out_in_the_trigger(cluster: Simple
             config,
             a100_placement(),
             _settings(data_root),
-            event,
+            event=event,
             context=_context(),
             run_name="manual__d",
             schedule_timeout_s=2,
@@ -316,7 +316,12 @@ def test_a_retry_after_the_worker_died_reattaches_to_the_running_pod(cluster: Si
     event = _trigger_event(again.value)
     assert event["status"] == "success", event
     result = resume_training_pod(
-        config, a100_placement(), _settings(data_root), event, context=_context(try_number=2), run_name="manual__d"
+        config,
+        a100_placement(),
+        _settings(data_root),
+        event=event,
+        context=_context(try_number=2),
+        run_name="manual__d",
     )
     assert Path(result.model_onnx_path).is_file()
     assert len(cluster.kubelet.exit_codes) == 1 and _pod_objects(cluster) == []

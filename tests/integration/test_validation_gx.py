@@ -31,7 +31,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(batch: Path, reference: Path, tmp_path: Path) -> ValidationReport:
-    return validate_batch(batch, SUITE, reference, tmp_path / "report")
+    return validate_batch(batch, SUITE, reference, report_dir=tmp_path / "report")
 
 
 def assert_reports_written(report: ValidationReport) -> dict:
@@ -204,7 +204,7 @@ def test_unreadable_batch_fails_clearly_and_still_writes_reports(
 def test_missing_reference_is_a_setup_error(tmp_path: Path) -> None:
     batch = write_batch(tmp_path, "2026-11-01", n_rows=ROWS, seed=1)
     with pytest.raises(ReferenceBatchError, match="write_reference"):
-        validate_batch(batch, SUITE, tmp_path / "no-ref.parquet", tmp_path / "report")
+        validate_batch(batch, SUITE, tmp_path / "no-ref.parquet", report_dir=tmp_path / "report")
 
 
 def test_same_file_gives_same_fingerprint_and_outcome(reference: Path, tmp_path: Path) -> None:
@@ -235,7 +235,7 @@ def test_event_times_years_off_the_batch_date_fail_naming_the_day_and_examples(r
     df.loc[df.index[3:5], "event_ts"] = pd.Timestamp("2031-01-01 10:00", tz="UTC")  # years ahead
     batch = _landed(df, tmp_path, "transactions_2026-11-01.parquet")
     landed = dt.datetime(2026, 11, 2, 6, 0, tzinfo=dt.UTC)
-    report = validate_batch(batch, SUITE, reference, tmp_path / "report", landed_at=landed)
+    report = validate_batch(batch, SUITE, reference, report_dir=tmp_path / "report", landed_at=landed)
     assert not report.success
     (line,) = _lines(report, "expect_column_values_to_be_between", "event_ts")
     assert '"unexpected_count": 5' in line and "1994-05-01" in line and "2031-01-01" in line, line
@@ -248,7 +248,7 @@ def test_event_times_years_off_the_batch_date_fail_naming_the_day_and_examples(r
 def test_events_after_the_landing_time_fail(reference: Path, tmp_path: Path) -> None:
     batch = write_batch(tmp_path, "2026-11-01", n_rows=ROWS, seed=32)
     landed = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)  # landed at noon: the afternoon cannot be in it
-    report = validate_batch(batch, SUITE, reference, tmp_path / "report", landed_at=landed)
+    report = validate_batch(batch, SUITE, reference, report_dir=tmp_path / "report", landed_at=landed)
     (line,) = _lines(report, "expect_column_values_to_be_between", "event_ts")
     assert "not after the landing time 2026-11-01T12:00:00Z + 300 s" in line, line
 
@@ -266,7 +266,7 @@ def test_a_batch_whose_date_no_landing_window_fits_fails_naming_it(
 ) -> None:
     # the events agree with the file's date; the date itself is impossible for when it landed
     batch = write_batch(tmp_path, batch_date, n_rows=ROWS, seed=33)
-    report = validate_batch(batch, SUITE, reference, tmp_path / "report", landed_at=landed)
+    report = validate_batch(batch, SUITE, reference, report_dir=tmp_path / "report", landed_at=landed)
     (hit,) = [f for f in report.failures if f.expectation_type == "batch_date_matches_landing_time"]
     assert needle in hit.line() and batch_date in hit.line(), hit.line()
     assert_reports_written(report)

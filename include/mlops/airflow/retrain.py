@@ -38,7 +38,7 @@ def identity(dag_run: DagRunProtocol, ti: RuntimeTaskInstanceProtocol | None) ->
 
 
 def route_or_reschedule(
-    ident: RunIdentity, request: dict[str, Any] | None, ti: RuntimeTaskInstanceProtocol | None, context: Context
+    ident: RunIdentity, request: dict[str, Any] | None, ti: RuntimeTaskInstanceProtocol | None, *, context: Context
 ) -> dict[str, Any]:
     """The `route` task body: place, or give the worker slot back and run again when the router says
     to look again (Airflow reschedule: state up_for_reschedule, no retry spent). Errors that waiting

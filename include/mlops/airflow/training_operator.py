@@ -106,7 +106,13 @@ class TrainingLaunchOperator(BaseOperator):
 
         def resumer(cfg: TrainConfig) -> TrainingResult:
             return resume_training_pod(
-                cfg, placement, pod_settings, event or {}, context=context, run_name=ident.safe_name, log=self.log.info
+                cfg,
+                placement,
+                pod_settings,
+                event=event or {},
+                context=context,
+                run_name=ident.safe_name,
+                log=self.log.info,
             )
 
         return retraining.resume_training(

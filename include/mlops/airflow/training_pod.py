@@ -265,8 +265,8 @@ def resume_training_pod(
     config: TrainConfig,
     placement: Placement | Mapping[str, Any],
     settings: TrainingPodSettings,
-    event: dict[str, Any],
     *,
+    event: dict[str, Any],
     context: Context,
     run_name: str = "run",
     log: Callable[[str], None] = print,
@@ -316,7 +316,7 @@ def _failures_named(run: _PodRun) -> Iterator[None]:
             ) from exc
         code = _exit_code(op.remote_pod or op.pod)
         how = f" with exit code {code}" if code is not None else ""
-        raise launch_failed(f"training pod {_pod_ref(op)}", run.config_path, exc, run.tail, how) from exc
+        raise launch_failed(f"training pod {_pod_ref(op)}", run.config_path, exc, tail=run.tail, how=how) from exc
 
 
 def _log_tail(op: KubernetesPodOperator, event: Mapping[str, Any]) -> list[str]:

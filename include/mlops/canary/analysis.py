@@ -147,7 +147,7 @@ def _pct(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if len(values) else None
 
 
-def error_rate_p_value(err_canary: int, n_canary: int, err_stable: int, n_stable: int) -> float:
+def error_rate_p_value(err_canary: int, n_canary: int, err_stable: int, *, n_stable: int) -> float:
     """One-sided p-value that the canary's error rate is higher than the stable's.
 
     Fisher's exact test when any expected cell count is below 5 (the normal approximation
@@ -177,7 +177,7 @@ def error_rate_p_value(err_canary: int, n_canary: int, err_stable: int, n_stable
 
 
 def slow_share_p_value(
-    stable_ms: Sequence[float], canary_ms: Sequence[float], quantile: float, factor: float
+    stable_ms: Sequence[float], canary_ms: Sequence[float], quantile: float, *, factor: float
 ) -> tuple[float, int, int, float]:
     """Is the canary too slow on more requests than the stable? (p-value, slow canary, slow stable, threshold ms).
 
@@ -259,7 +259,7 @@ def analyse_canary_step(stable: Samples, canary: Samples, thresholds: CanaryThre
     reasons: list[str] = []
     pending: list[str] = []  # checks that could not run yet: the step cannot pass
     checks: list[str] = ["error_rate", "non_finite_predictions"]
-    err_p = error_rate_p_value(err_c, n_c, err_s, n_s)
+    err_p = error_rate_p_value(err_c, n_c, err_s, n_stable=n_s)
     if rate_c > thresholds.max_error_rate and err_p < thresholds.alpha:
         reasons.append(
             f"canary error rate {rate_c:.1%} > max {thresholds.max_error_rate:.1%} "
@@ -286,7 +286,7 @@ def analyse_canary_step(stable: Samples, canary: Samples, thresholds: CanaryThre
 
     checks.append("latency_tail")
     q, factor = thresholds.latency_tail_quantile, thresholds.max_p99_latency_ratio
-    tail_p, slow_c, slow_s, tail_ms = slow_share_p_value(stable.latency_ms, canary.latency_ms, q, factor)
+    tail_p, slow_c, slow_s, tail_ms = slow_share_p_value(stable.latency_ms, canary.latency_ms, q, factor=factor)
     share_s, share_c = slow_s / n_s, slow_c / n_c
     if tail_p < thresholds.alpha and share_c - share_s > thresholds.max_slow_share_excess:
         reasons.append(

@@ -49,6 +49,7 @@ class LoadGenerator:
         url: str,
         records: Sequence[dict[str, Any]],
         rps: float,
+        *,
         duration_s: float | None = None,
         stop_event: threading.Event | None = None,
         batch_size: int = 1,

@@ -148,6 +148,7 @@ def run_canary(
     target: DeployTarget,
     steps_pct: Sequence[int] = (10, 25, 50),
     interval_s: float = 30.0,
+    *,
     max_extensions: int = 2,
     failure_limit: int = 3,
     thresholds: CanaryThresholds | None = None,

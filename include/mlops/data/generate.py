@@ -109,6 +109,7 @@ def generate_batch(
     n_rows: int,
     seed: int,
     drift: float = 0.0,
+    *,
     corruption: str | None = None,
     batch_date: str = "2026-11-01",
 ) -> pd.DataFrame:
@@ -245,6 +246,7 @@ def write_batch(
     landing_dir: str | Path,
     batch_date: str,
     n_rows: int = 50_000,
+    *,
     seed: int = 7,
     drift: float = 0.0,
     corruption: str | None = None,
@@ -276,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corrupt", choices=CORRUPTIONS, default=None)
     args = parser.parse_args(argv)
     try:
-        path = write_batch(args.landing, args.date, args.rows, args.seed, args.drift, args.corrupt)
+        path = write_batch(
+            args.landing, args.date, args.rows, seed=args.seed, drift=args.drift, corruption=args.corrupt
+        )
     except ValueError as exc:
         parser.error(str(exc))
     print(path)

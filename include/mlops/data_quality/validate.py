@@ -123,8 +123,8 @@ def validate_batch(
     batch_path: str | Path,
     suite_path: str | Path,
     reference_path: str | Path,
-    report_dir: str | Path,
     *,
+    report_dir: str | Path,
     batch_date: datetime.date | None = None,
     landed_at: datetime.datetime | None = None,
 ) -> ValidationReport:

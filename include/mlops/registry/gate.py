@@ -43,6 +43,7 @@ def decide_promotion(
     metric: str,
     challenger: dict[str, float],
     champion: dict[str, float] | None,
+    *,
     min_improvement: float,
 ) -> GateDecision:
     """Pass when the challenger improves `metric` by at least `min_improvement` (absolute).

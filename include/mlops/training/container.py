@@ -275,7 +275,9 @@ def run_training_container(
         try:
             code = _run_or_reattach(docker_client(settings.docker_url), spec, tail, log)
         except Exception as exc:
-            raise launch_failed(what, config_path, exc, tail) from exc
+            raise launch_failed(what, config_path, exc, tail=tail) from exc
     if code != 0:
-        raise launch_failed(what, config_path, RuntimeError(f"exit code {code}"), tail, f" with exit code {code}")
+        raise launch_failed(
+            what, config_path, RuntimeError(f"exit code {code}"), tail=tail, how=f" with exit code {code}"
+        )
     return TrainingResult.from_output_dir(config.output_dir)

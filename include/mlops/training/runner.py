@@ -174,7 +174,7 @@ def write_config(config: TrainConfig) -> Path:
 
 
 def launch_failed(
-    what: str, config_path: str | Path, exc: BaseException, tail: Iterable[str], how: str = ""
+    what: str, config_path: str | Path, exc: BaseException, *, tail: Iterable[str], how: str = ""
 ) -> TrainingFailed:
     """A pod or container launch that failed: what failed (and how), its config, the launcher's own
     first line, and the training's last log lines (the trainer's error is usually there)."""
@@ -196,8 +196,8 @@ def run_training_process(
     config: TrainConfig,
     python_executable: str,
     log: Callable[[str], None] = print,
-    timeout_s: float | None = None,
     *,
+    timeout_s: float | None = None,
     placement: Mapping[str, Any] | None = None,
     lease: Lease | None = None,
 ) -> TrainingResult:

@@ -134,7 +134,7 @@ def split_batch(
 # --------------------------------------------------------------------------- model
 
 
-def build_model(n_features: int, hidden_units: tuple[int, ...], mean: Any, std: Any) -> torch.nn.Module:
+def build_model(n_features: int, hidden_units: tuple[int, ...], mean: Any, *, std: Any) -> torch.nn.Module:
     import torch
     from torch import nn
 
@@ -365,7 +365,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
 
     mean, std = normalisation(x_tr)
-    model = build_model(N_FEATURES, config.hidden_units, mean, std).to(device)
+    model = build_model(N_FEATURES, config.hidden_units, mean, std=std).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate_per_step)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))

@@ -79,11 +79,11 @@ def test_small_error_rate_within_threshold_passes():
 
 def test_fisher_used_for_small_counts_and_z_test_agrees_for_large():
     # small counts: Fisher exact, p of 3/40 vs 0/400 is small but not tiny
-    p_small = error_rate_p_value(3, 40, 0, 400)
+    p_small = error_rate_p_value(3, 40, 0, n_stable=400)
     assert 1e-5 < p_small < 0.01
     # large counts: z test; equal rates give p near 0.5
-    assert error_rate_p_value(50, 500, 50, 500) == pytest.approx(0.5, abs=0.01)
-    assert error_rate_p_value(0, 100, 0, 100) == 1.0
+    assert error_rate_p_value(50, 500, 50, n_stable=500) == pytest.approx(0.5, abs=0.01)
+    assert error_rate_p_value(0, 100, 0, n_stable=100) == 1.0
 
 
 def test_4xx_are_not_counted_as_model_errors():
@@ -170,7 +170,8 @@ def test_tail_test_keeps_its_false_alarm_rate_at_small_samples():
 
     rng = np.random.default_rng(11)
     alarms = sum(
-        slow_share_p_value(rng.lognormal(0, 0.3, 60).tolist(), rng.lognormal(0, 0.3, 40).tolist(), 0.95, 1.5)[0] < 0.01
+        slow_share_p_value(rng.lognormal(0, 0.3, 60).tolist(), rng.lognormal(0, 0.3, 40).tolist(), 0.95, factor=1.5)[0]
+        < 0.01
         for _ in range(2000)
     )
     assert alarms <= 2000 * 0.015
@@ -287,23 +288,23 @@ def test_error_rate_just_over_the_max_and_significant_fails_naming_the_rates():
 
 def test_error_p_value_by_hand_fisher_below_five_expected_z_test_from_five():
     # Fisher (an expected cell < 5): 2 of 10 vs 0 of 10, P(X >= 2) = C(10,2) / C(20,2) = 45/190
-    assert error_rate_p_value(2, 10, 0, 10) == pytest.approx(45 / 190)
+    assert error_rate_p_value(2, 10, 0, n_stable=10) == pytest.approx(45 / 190)
     # one error in all: P(X >= 1) = 10/20
-    assert error_rate_p_value(1, 10, 0, 10) == pytest.approx(0.5)
-    assert error_rate_p_value(0, 10, 1, 10) == pytest.approx(1.0)
+    assert error_rate_p_value(1, 10, 0, n_stable=10) == pytest.approx(0.5)
+    assert error_rate_p_value(0, 10, 1, n_stable=10) == pytest.approx(1.0)
     # every expected cell exactly 5 (50 + 50 requests, 10 errors): the pooled z-test
     # p1 = 0.14, p2 = 0.06, pooled 0.1, se = sqrt(0.1 * 0.9 * (1/50 + 1/50)) = 0.06, z = 0.08 / 0.06
     import math
 
     z = 0.08 / 0.06
-    assert error_rate_p_value(7, 50, 3, 50) == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
+    assert error_rate_p_value(7, 50, 3, n_stable=50) == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
     # unequal sizes: p1 = 50/500, p2 = 30/1000, pooled 80/1500, se from 1/500 + 1/1000
     pooled = 80 / 1500
     z2 = (0.1 - 0.03) / math.sqrt(pooled * (1 - pooled) * (1 / 500 + 1 / 1000))
-    assert error_rate_p_value(50, 500, 30, 1000) == pytest.approx(0.5 * math.erfc(z2 / math.sqrt(2)))
+    assert error_rate_p_value(50, 500, 30, n_stable=1000) == pytest.approx(0.5 * math.erfc(z2 / math.sqrt(2)))
     # the canary better than the stable: one-sided, so p > 0.5 (z-test) and Fisher alike
-    assert error_rate_p_value(30, 1000, 50, 500) > 0.99
-    assert error_rate_p_value(0, 10, 5, 10) == 1.0
+    assert error_rate_p_value(30, 1000, 50, n_stable=500) > 0.99
+    assert error_rate_p_value(0, 10, 5, n_stable=10) == 1.0
 
 
 # latency median: Mann-Whitney p < alpha and canary p50 > 1.5 x the stable's (the tail rule is
@@ -379,18 +380,18 @@ def test_tail_threshold_is_factor_times_the_stables_p95_by_hand():
     from include.mlops.canary.analysis import slow_share_p_value
 
     stable = [float(v) for v in range(100, 300)]
-    p, k_c, k_s, thr = slow_share_p_value(stable, _with_slow(stable, 3), 0.95, 1.5)
+    p, k_c, k_s, thr = slow_share_p_value(stable, _with_slow(stable, 3), 0.95, factor=1.5)
     assert thr == 433.5 and (k_c, k_s) == (3, 0)
     # Fisher one-sided with 3 slow in all: all three on the canary's side, C(200,3) / C(400,3)
     assert p == pytest.approx(200 * 199 * 198 / (400 * 399 * 398))
     # nothing slow on the canary: p = 1 without a test, the stable's count still reported
-    assert slow_share_p_value(_with_slow(stable, 2), stable, 0.95, 1.5) == (1.0, 0, 2, 433.5)
+    assert slow_share_p_value(_with_slow(stable, 2), stable, 0.95, factor=1.5) == (1.0, 0, 2, 433.5)
     # 10 requests: round(0.5) = 0, at least one above the tail start: the 9th value
-    assert slow_share_p_value([float(v) for v in range(1, 11)], [1.0] * 10, 0.95, 2.0)[3] == 18.0
+    assert slow_share_p_value([float(v) for v in range(1, 11)], [1.0] * 10, 0.95, factor=2.0)[3] == 18.0
     # q = 0.5 on 20 requests: m = 10, the 10th value (10 ms) x 1
-    assert slow_share_p_value([float(v) for v in range(1, 21)], [1.0] * 20, 0.5, 1.0)[3] == 10.0
+    assert slow_share_p_value([float(v) for v in range(1, 21)], [1.0] * 20, 0.5, factor=1.0)[3] == 10.0
     # a slow request exactly at the threshold is not above it
-    assert slow_share_p_value(stable, [433.5] * 200, 0.95, 1.5)[1] == 0
+    assert slow_share_p_value(stable, [433.5] * 200, 0.95, factor=1.5)[1] == 0
 
 
 def test_tail_share_over_the_excess_but_not_significant_passes():
@@ -592,7 +593,9 @@ def _fisher_greater(a: int, n1: int, c: int, n2: int) -> float:
     ],
 )
 def test_fisher_is_used_when_any_one_expected_cell_is_below_five(case: tuple[int, int, int, int]) -> None:
-    assert error_rate_p_value(*case) == pytest.approx(_fisher_greater(*case), rel=1e-9)
+    err_canary, n_canary, err_stable, n_stable = case
+    p = error_rate_p_value(err_canary, n_canary, err_stable, n_stable=n_stable)
+    assert p == pytest.approx(_fisher_greater(*case), rel=1e-9)
 
 
 def test_samples_with_fewer_predictions_than_statuses_count_what_pairs() -> None:
@@ -620,16 +623,16 @@ def test_slow_share_counts_by_hand() -> None:
 
     stable = [float(v) for v in range(100, 300)]
     # one slow canary request: all of the single slow one on the canary's side, p = 200/400
-    assert slow_share_p_value(stable, _with_slow(stable, 1), 0.95, 1.5)[:3] == (pytest.approx(0.5), 1, 0)
+    assert slow_share_p_value(stable, _with_slow(stable, 1), 0.95, factor=1.5)[:3] == (pytest.approx(0.5), 1, 0)
     # slow on both sides: 3 of 200 against 2 of 200
-    p, k_c, k_s, _ = slow_share_p_value(_with_slow(stable, 2), _with_slow(stable, 3), 0.95, 1.5)
+    p, k_c, k_s, _ = slow_share_p_value(_with_slow(stable, 2), _with_slow(stable, 3), 0.95, factor=1.5)
     assert (k_c, k_s) == (3, 2) and p == pytest.approx(_fisher_greater(3, 200, 2, 200))
     # a stable request exactly at the threshold is not slow: 1..10 at q 0.5, factor 1: m = 5, the 5th value
-    p, k_c, k_s, thr = slow_share_p_value([float(v) for v in range(1, 11)], [5.0, 6.0], 0.5, 1.0)
+    p, k_c, k_s, thr = slow_share_p_value([float(v) for v in range(1, 11)], [5.0, 6.0], 0.5, factor=1.0)
     assert thr == 5.0 and (k_c, k_s) == (1, 5)
     # 2 and 3 requests at q 0.5: m = round(1.0) = 1 and round(1.5) = 2, each the 1st value
-    assert slow_share_p_value([1.0, 2.0], [1.0], 0.5, 1.0)[3] == 1.0
-    assert slow_share_p_value([1.0, 2.0, 3.0], [1.0], 0.5, 1.0)[3] == 1.0
+    assert slow_share_p_value([1.0, 2.0], [1.0], 0.5, factor=1.0)[3] == 1.0
+    assert slow_share_p_value([1.0, 2.0, 3.0], [1.0], 0.5, factor=1.0)[3] == 1.0
 
 
 def test_the_drift_check_that_cannot_run_reports_no_statistic_and_names_only_the_short_side() -> None:
