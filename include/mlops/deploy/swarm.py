@@ -366,7 +366,12 @@ class SwarmTarget:
         image = self._image(model)
         sv.update_image(self.client, stable, image, changes)
         # the monitor window must pass before Swarm calls the update completed
-        sv.wait_update(stable, image, self.replicas, self.update_timeout_s + self.monitor_s * self.replicas)
+        sv.wait_update(
+            stable,
+            image=image,
+            replicas=self.replicas,
+            timeout_s=self.update_timeout_s + self.monitor_s * self.replicas,
+        )
 
     def _remove_canary(self, canary: Any) -> None:
         drain([r.url for r in sv.running_replicas(canary, self.network)], self.drain_timeout_s)

@@ -313,7 +313,7 @@ def update_image(client: DockerClient, service: Any, image: str, changes: dict[s
         raise DeployError(f"cannot update service {spec['Name']} to {image}: {exc}") from exc
 
 
-def wait_update(service: Any, image: str, replicas: int, timeout_s: float) -> None:
+def wait_update(service: Any, *, image: str, replicas: int, timeout_s: float) -> None:
     """Until every replica meant to run is `image` and running, and Swarm calls the update done; DeployError
     naming Swarm's message if it rolled back. (UpdateStatus is still empty just after the update call.)"""
     deadline = time.monotonic() + timeout_s
