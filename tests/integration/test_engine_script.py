@@ -43,3 +43,24 @@ def test_the_running_registry_is_reused(docker_engine: str, tmp_path: Path) -> N
     done = _start_engine(tmp_path, port)
     assert done.returncode == 0, done.stderr
     assert f"registry: already running on 127.0.0.1:{port}" in done.stdout, done.stdout
+
+
+def test_a_second_run_leaves_the_loopback_swarm_as_it_is(docker_engine: str, tmp_path: Path) -> None:
+    import json
+
+    def swarm() -> dict[str, object]:
+        out = subprocess.run(["docker", "info", "--format", "{{json .Swarm}}"], capture_output=True, text=True)
+        return dict(json.loads(out.stdout))
+
+    first = _start_engine(tmp_path, os.environ.get("MLOPS_REGISTRY_PORT", "5001"))
+    before = swarm()
+    second = _start_engine(tmp_path, os.environ.get("MLOPS_REGISTRY_PORT", "5001"))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "swarm: already active" in second.stdout, second.stdout
+    after = swarm()
+    assert after["LocalNodeState"] == "active" and after["NodeID"] == before["NodeID"]
+    # serving publishes no port: no routing-mesh network, and the control plane answers on loopback only
+    nets = subprocess.run(["docker", "network", "ls", "--format", "{{.Name}}"], capture_output=True, text=True)
+    assert "ingress" not in nets.stdout.split()
+    listening = subprocess.run(["ss", "-Hltn", "sport = :2377"], capture_output=True, text=True).stdout
+    assert listening.strip() and all("127.0.0.1:2377" in line for line in listening.strip().splitlines()), listening
