@@ -127,6 +127,7 @@ def test_promotion_under_traffic_fails_no_request_and_splits_by_weight(
         results = traffic.between(t_start, t_end)
     assert len(results) > 30 * RPS * 0.6, f"only {len(results)} requests went out"
     assert _failed(results) == [], f"{len(_failed(results))} of {len(results)} failed: {_failed(results)[:3]}"
+    print(f"promotion: {len(results)} requests, 0 failed; canary share observed {observed}")
     for pct, share in observed.items():
         assert abs(share - pct) <= 10, f"at {pct} % the canary answered {share:.1f} % of requests"
     assert stable.version == "2" and target.status().canary is None
