@@ -28,7 +28,7 @@ import pytest
 from include.mlops.deploy.k8s_manifests import ServingResources
 from include.mlops.deploy.kubernetes import KubernetesServingConfig, KubernetesTarget
 from include.mlops.deploy.target import DeployTarget, ModelRef
-from include.mlops.errors import BackendNotReady, ServingBusy
+from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
 from tests.k8s_serving_standin import NAMESPACE, live_objects, serving_standin
 from tests.k8s_standin import restricted_profile_violations
 
@@ -73,10 +73,11 @@ def route_history(standin: SimpleNamespace) -> list[dict[str, int]]:
 
 
 def snapshot(standin: SimpleNamespace) -> dict[str, dict[str, Any]]:
-    """Every live object's spec and our annotations (what a repeated move must leave unchanged)."""
+    """Every live object's spec, generation and our annotations (what a repeated move must leave unchanged).
+    Pods are left out: the controller removes old ones asynchronously; a new rollout shows in `generation`."""
     out: dict[str, dict[str, Any]] = {}
     for plural in ("deployments", "services", "horizontalpodautoscalers", "poddisruptionbudgets",
-                   "networkpolicies", "httproutes", "pods"):  # fmt: skip
+                   "networkpolicies", "httproutes"):  # fmt: skip
         for name, obj in live_objects(standin, plural).items():
             ann = {k: v for k, v in (obj["metadata"].get("annotations") or {}).items() if k != "mlops.dev/started-at"}
             out[f"{plural}/{name}"] = {
@@ -126,7 +127,8 @@ def test_release_stable_canary_10_50_promote_routes_weights_in_order_and_leaves_
     assert dep["metadata"]["annotations"]["mlops.dev/version"] == "2"
     assert dep["metadata"]["annotations"]["mlops.dev/promoted-from"] == json.dumps(OWNER, separators=(",", ":"))
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    assert all(p.startswith(f"{STABLE}-") for p in live_objects(standin, "pods"))
+    # the canary's pods go by garbage collection, after the Deployment (asynchronous, as in a cluster)
+    _wait(lambda: all(p.startswith(f"{STABLE}-") for p in live_objects(standin, "pods")), 5, "canary pods gone")
     route = live_objects(standin, "httproutes")[ROUTE]
     assert route["spec"]["parentRefs"] == [{"name": "mlops-gateway", "namespace": "gateway-system"}]
     assert t.health().dead == () and t.status().canary is None
@@ -337,6 +339,33 @@ def test_every_applied_manifest_validates_against_the_kubernetes_schemas(
             kubernetes_validate.validate(body, version, strict=True)
     assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
                      "HTTPRoute"}  # fmt: skip
+
+
+def test_a_route_the_gateway_refuses_or_a_lost_route_is_an_unhealthy_router_and_restore_reapplies_it(
+    standin: SimpleNamespace, make_target: Callable[[], KubernetesTarget]
+) -> None:
+    t = make_target()
+    t.ensure_stable(ref("1", D1), ready_timeout_s=10)
+    assert t.health().router is True
+    route = next(o for (res, _ns, name), o in standin.handler.objects.items() if res.plural == "httproutes")
+    refused = {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound"}
+    route.patch({"status": {"parents": [{"parentRef": {"name": "mlops-gateway"}, "conditions": [refused]}]}})
+    assert t.health().router is False  # what a gateway controller reports on the route
+    route.delete()  # the route was deleted by hand
+    assert t.health().dead == ("router",)
+    assert t.restore() == (f"HTTPRoute {ROUTE}",)
+    assert t.health().dead == () and route_history(standin)[-1] == {STABLE: 100}
+
+
+def test_serving_config_from_env_and_a_missing_registry_is_refused() -> None:
+    cfg = KubernetesServingConfig.from_env(
+        {"MLOPS_K8S_NAMESPACE": "serving", "MLOPS_K8S_GATEWAY": "gw/public", "MLOPS_K8S_GATEWAY_URL": "http://gw"}
+    )
+    assert (cfg.namespace, cfg.gateway.namespace, cfg.gateway.name, cfg.gateway_url) == (
+        "serving", "gw", "public", "http://gw"
+    )  # fmt: skip
+    with pytest.raises(DeployError, match=r"extra\.registry"):
+        KubernetesTarget(MODEL, registry="", config=cfg)
 
 
 def test_kubernetes_profile_serving_target_builds_a_kubernetes_target(tmp_path: Path) -> None:

@@ -13,13 +13,13 @@ worker must run in the cluster (the NetworkPolicy admits ``workers_namespace``).
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from include.mlops.deploy import k8s_api
 from include.mlops.deploy import k8s_manifests as km
+from include.mlops.deploy.k8s_api import KubernetesServingConfig
 from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
 from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
 
@@ -27,42 +27,6 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 A = km.PREFIX  # annotation prefix
-FIELD_MANAGER = "mlops-release"
-
-
-@dataclass(frozen=True)
-class KubernetesServingConfig:
-    """Where the target works; from MLOPS_K8S_* environment variables (see README, profile kubernetes)."""
-
-    namespace: str = "mlops-serving"
-    gateway: km.GatewayRef = field(default_factory=km.GatewayRef)
-    gateway_url: str | None = None
-    workers_namespace: str | None = None
-    kube_config: str | None = None
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> KubernetesServingConfig:
-        e = os.environ if env is None else env
-        gw_ns, _, gw_name = e.get("MLOPS_K8S_GATEWAY", "gateway-system/mlops-gateway").rpartition("/")
-        return cls(
-            namespace=e.get("MLOPS_K8S_NAMESPACE", "mlops-serving"),
-            gateway=km.GatewayRef(name=gw_name, namespace=gw_ns or "gateway-system"),
-            gateway_url=e.get("MLOPS_K8S_GATEWAY_URL") or None,
-            workers_namespace=e.get("MLOPS_K8S_WORKERS_NAMESPACE") or None,
-            kube_config=e.get("KUBECONFIG") or None,
-        )
-
-
-def api_client(kube_config: str | None) -> ApiClient:
-    """A client from a kubeconfig file, else the pod's in-cluster service account."""
-    from kubernetes import client, config
-
-    if kube_config:
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=kube_config, client_configuration=cfg)
-        return client.ApiClient(cfg)
-    config.load_incluster_config()
-    return client.ApiClient()
 
 
 class KubernetesTarget:
@@ -79,6 +43,11 @@ class KubernetesTarget:
         poll_s: float = 0.5,
         update_timeout_s: float = 300.0,
     ) -> None:
+        if not registry:
+            raise DeployError(
+                "the kubernetes profile pulls the model images from a registry: connection docker_default "
+                "needs extra.registry (the registry build_image pushes to)"
+            )
         self.config = config or KubernetesServingConfig()
         self.scope = km.Scope(
             model_name=model_name,
@@ -91,59 +60,15 @@ class KubernetesTarget:
         self.resources = resources or km.ServingResources()
         self.poll_s = poll_s
         self.update_timeout_s = update_timeout_s
-        self._client = client
-
-    # ---- REST: the official client's ApiClient, one generic path for every kind -------------------
-
-    @property
-    def client(self) -> ApiClient:
-        if self._client is None:
-            self._client = api_client(self.config.kube_config)
-        return self._client
-
-    def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
-              content_type: str = "application/json") -> Any:  # fmt: skip
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self.client.call_api(
-                path, method, query_params=query or [], body=body,
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                response_types_map={200: "object", 201: "object", 202: "object"},
-                auth_settings=["BearerToken"], _return_http_data_only=True,
-            )  # fmt: skip
-        except ApiException as exc:
-            if exc.status == 404 and method in ("GET", "DELETE"):
-                return None
-            raise DeployError(f"kubernetes API {method} {path}: HTTP {exc.status} {exc.reason}: {exc.body}") from exc
-
-    def _path(self, kind: str, name: str | None = None) -> str:
-        base = km.PATHS[kind].format(ns=self.scope.namespace)
-        return f"{base}/{name}" if name else base
-
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply: creates or updates to exactly these fields (ours, forced)."""
-        out = self._call(
-            "PATCH", self._path(obj["kind"], obj["metadata"]["name"]), obj,
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")], content_type="application/apply-patch+yaml",
-        )  # fmt: skip
-        return dict(out or {})
-
-    def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        found = self._call("GET", self._path(kind, name))
-        return dict(found) if found else None
-
-    def delete(self, kind: str, name: str) -> bool:
-        """True if it existed (a 404 is success: the object is gone either way)."""
-        return self._call("DELETE", self._path(kind, name), {"propagationPolicy": "Background"}) is not None
+        self.api = k8s_api.KubeRest(self.config.namespace, client, self.config.kube_config)
 
     # ---- state ---------------------------------------------------------------------------------
 
     def _deployment(self, track: str) -> dict[str, Any] | None:
-        return self.get("Deployment", self.scope.name(track))
+        return self.api.get("Deployment", self.scope.name(track))
 
     def _route(self) -> dict[str, Any] | None:
-        return self.get("HTTPRoute", self.scope.route_name)
+        return self.api.get("HTTPRoute", self.scope.route_name)
 
     @staticmethod
     def _ann(obj: dict[str, Any] | None) -> dict[str, str]:
@@ -191,7 +116,7 @@ class KubernetesTarget:
                 ann.pop(k, None)
             else:
                 ann[k] = v
-        self.apply(km.http_route(self.scope, canary_weight_pct, ann))
+        self.api.apply(km.http_route(self.scope, canary_weight_pct, ann))
 
     def _apply_track(self, track: str, model: ModelRef, annotations: dict[str, str]) -> None:
         ann = {
@@ -201,20 +126,20 @@ class KubernetesTarget:
             **annotations,
         }
         res = self.resources
-        self.apply(km.network_policy(self.scope))
-        self.apply(km.service(self.scope, track))
-        self.apply(km.deployment(self.scope, track, digest=model.image_digest or "", version=str(model.version),
+        self.api.apply(km.network_policy(self.scope))
+        self.api.apply(km.service(self.scope, track))
+        self.api.apply(km.deployment(self.scope, track, digest=model.image_digest or "", version=str(model.version),
                                  annotations=ann, res=res))  # fmt: skip
-        self.apply(km.autoscaler(self.scope, track, res))
-        self.apply(km.disruption_budget(self.scope, track))
+        self.api.apply(km.autoscaler(self.scope, track, res))
+        self.api.apply(km.disruption_budget(self.scope, track))
 
     def _delete_track(self, track: str) -> None:
         for kind in km.TRACK_KINDS:
-            self.delete(kind, self.scope.name(track))
+            self.api.delete(kind, self.scope.name(track))
 
     def _pod_reasons(self, track: str) -> list[str]:
         """Why a track's pods are not ready: container waiting/terminated reasons, scheduler messages."""
-        found = self._call("GET", self._path("Pod")) or {}
+        found = self.api.call("GET", self.api.path("Pod")) or {}
         want = self.scope.selector(track)
         out: list[str] = []
         for pod in found.get("items") or []:
@@ -393,17 +318,23 @@ class KubernetesTarget:
         return False
 
     def health(self) -> ServingHealth:
-        """stable/canary: at least one pod available; router: the HTTPRoute routes to exactly the tracks."""
+        """stable/canary: at least one pod available; router: the HTTPRoute routes to exactly the tracks
+        and no gateway that reported on it refused it (Accepted or ResolvedRefs False)."""
         stable, canary = self._deployment("stable"), self._deployment("canary")
 
         def up(d: dict[str, Any] | None) -> bool | None:
             return None if d is None else int((d.get("status") or {}).get("availableReplicas") or 0) >= 1
 
-        weights = km.route_weights(self._route(), self.scope)
+        route = self._route()
         wanted = {self.scope.name(t) for t, d in (("stable", stable), ("canary", canary)) if d is not None}
-        return ServingHealth(
-            stable=up(stable), canary=up(canary), router=None if stable is None else set(weights) == wanted
-        )
+        refused = [
+            c
+            for parent in ((route or {}).get("status") or {}).get("parents") or []
+            for c in parent.get("conditions") or []
+            if c.get("type") in ("Accepted", "ResolvedRefs") and c.get("status") == "False"
+        ]
+        routed = set(km.route_weights(route, self.scope)) == wanted and not refused
+        return ServingHealth(stable=up(stable), canary=up(canary), router=None if stable is None else routed)
 
     def restore(self) -> tuple[str, ...]:
         """Kubernetes restarts pods itself; this re-applies a missing or wrong HTTPRoute."""
@@ -415,10 +346,10 @@ class KubernetesTarget:
         return (f"HTTPRoute {self.scope.route_name}",)
 
     def stop_all(self) -> None:
-        self.delete("HTTPRoute", self.scope.route_name)
+        self.api.delete("HTTPRoute", self.scope.route_name)
         for track in ("canary", "stable"):
             self._delete_track(track)
-        self.delete("NetworkPolicy", self.scope.route_name)
+        self.api.delete("NetworkPolicy", self.scope.route_name)
 
 
 def _describe(owner: dict[str, Any] | None) -> str:
