@@ -5,7 +5,7 @@ inventory (one node, one free A100): all they share is the book's database. The 
 PostgreSQL server (a throwaway cluster from include/mlops/postgres.py, Debian's binaries) and, for
 the local profile, one SQLite file. 100 rounds: every worker asks for the GPU at the same instant;
 exactly one is placed, the others wait with the router's reason. Most rounds the winner's training
-"ends" (its claim is released); every tenth round nobody releases, and the next round starts just
+"ends" (its claim is released); every 20th round nobody releases, and the next round starts just
 after the claim's TTL: a claim that outlived it would leave that round without a winner.
 """
 
@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,26 +35,30 @@ pytestmark = [pytest.mark.slow]
 
 WORKERS = 4
 ROUNDS = 100
-TTL_S = 1.5
-EXPIRE_EVERY = 10  # every tenth round's claim is left to expire instead of being released
+# A loser that asked after the winner's claim expired would rightly be placed: the TTLs are long
+# against a round (median decision 60-160 ms; 9-10 s seen once, with a bench starting beside it)
+TTL_S = 60.0  # a released round's claim: its training "ends" once every worker has answered
+EXPIRY_TTL_S = 2.0  # a claim left to expire: the next round starts just after it
+EXPIRE_EVERY = 20  # every 20th round's claim is left to expire instead of being released
 
 INVENTORY = """
 nodes:
   - {name: gpu-node, node_pool: a100-pool, gpu_type: NVIDIA-A100-SXM4-80GB, gpus: 1, cpu: "16", memory: 64Gi}
 """
 
-# one worker: waits for "<round> <start at (epoch s)>" on stdin, asks the router at that instant
+# one worker: waits for "<round> <start at (epoch s)> <TTL s>" on stdin, asks the router at that instant
 _WORKER = """
 import json, sys, time
 from include.mlops.routing.model import TaskRequest
 from include.mlops.routing.providers.static import StaticInventoryProvider
 from include.mlops.routing.reservations import ReservationBook
 from include.mlops.routing.router import ResourceRouter
-name, book, ttl = sys.argv[1], sys.argv[2], float(sys.argv[3])
-router = ResourceRouter(StaticInventoryProvider("inventory.yaml"), ReservationBook(book, ttl_s=ttl))
+name, book = sys.argv[1], sys.argv[2]
+router = ResourceRouter(StaticInventoryProvider("inventory.yaml"), ReservationBook(book))
 print("ready", flush=True)
 for line in sys.stdin:
-    rnd, at = line.split()
+    rnd, at, ttl = line.split()
+    router.book.ttl_s = float(ttl)
     time.sleep(max(0.0, float(at) - time.time()))
     t0 = time.time()
     d = router.decide(TaskRequest(task_key=f"{name}/round-{rnd}", gpu_count=1, gpu_types=("A100",)))
@@ -91,7 +97,7 @@ def postgres_url() -> Iterator[str]:
 
 def _race(book_location: str, base: Path) -> dict[str, Any]:
     """Run the rounds; returns per-round results and timings."""
-    book = ReservationBook(book_location, ttl_s=TTL_S)  # the referee: reads the book, ends trainings
+    book = ReservationBook(book_location)  # the referee: reads the book, ends trainings
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = []
     for i in range(WORKERS):
@@ -100,7 +106,7 @@ def _race(book_location: str, base: Path) -> dict[str, Any]:
         (folder / "inventory.yaml").write_text(INVENTORY)
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", _WORKER, f"w{i}", book_location, str(TTL_S)],
+                [sys.executable, "-c", _WORKER, f"w{i}", book_location],
                 cwd=folder,
                 env=env,
                 stdin=subprocess.PIPE,
@@ -111,38 +117,31 @@ def _race(book_location: str, base: Path) -> dict[str, Any]:
             )
         )
     rounds: list[list[dict[str, Any]]] = []
-    expiries: list[tuple[float, float]] = []  # (claim expired at, next round's winner asked at)
-    pending_expiry: float | None = None
     t_start = time.monotonic()
     try:
         for p in procs:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr and p.stderr.read()
         start_at = time.time() + 0.1
         for rnd in range(ROUNDS):
+            ttl = EXPIRY_TTL_S if (rnd + 1) % EXPIRE_EVERY == 0 else TTL_S
             for p in procs:
                 assert p.stdin is not None
-                p.stdin.write(f"{rnd} {start_at}\n")
+                p.stdin.write(f"{rnd} {start_at} {ttl}\n")
                 p.stdin.flush()
             results = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
             rounds.append(results)
-            winners = [r for r in results if r["decision"] == "place"]
-            assert len(winners) == 1, f"round {rnd}: {len(winners)} placements: {results}"
-            won = winners[0]
-            if pending_expiry is not None:  # the last round's claim was left to expire: it no longer counts
-                expiries.append((pending_expiry, won["t0"]))
-                pending_expiry = None
-            claim = {r.id: r for r in book.active()}.get(won["reservation_id"])
-            if claim is None:  # only if this round itself outlasted the TTL
-                book.release(won["reservation_id"])
-                start_at = time.time() + 0.05
-                continue
-            assert claim.expires_at_s - claim.created_at_s == pytest.approx(TTL_S)
-            if (rnd + 1) % EXPIRE_EVERY == 0:
+            placed = [r for r in results if r["decision"] == "place"]
+            assert placed, f"round {rnd}: nobody placed on a free GPU: {results}"  # a claim outlived its TTL
+            claims = {r.id: r for r in book.active()}
+            live = [claims[r["reservation_id"]] for r in placed if r["reservation_id"] in claims]
+            for c in live:
+                assert c.expires_at_s - c.created_at_s == pytest.approx(ttl)
+            if (rnd + 1) % EXPIRE_EVERY == 0 and live:
                 # nobody releases: the next round starts just after the claim's expiry
-                pending_expiry = claim.expires_at_s
-                start_at = claim.expires_at_s + 0.02
+                start_at = max(c.expires_at_s for c in live) + 0.02
             else:
-                book.release(won["reservation_id"])  # the winner's training ended
+                for r in placed:
+                    book.release(r["reservation_id"])  # the winner's training ended
                 start_at = time.time() + 0.05
     finally:
         for p in procs:
@@ -154,28 +153,39 @@ def _race(book_location: str, base: Path) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 p.kill()
     took = time.monotonic() - t_start
-    time.sleep(TTL_S)
-    return {"rounds": rounds, "expiries": expiries, "took_s": took, "left": book.active(), "book": book}
+    time.sleep(EXPIRY_TTL_S)
+    return {"rounds": rounds, "took_s": took, "left": book.active(), "book": book}
 
 
 def _check(outcome: dict[str, Any], label: str) -> None:
-    rounds = outcome["rounds"]
-    assert len(rounds) == ROUNDS
-    for rnd, results in enumerate(rounds):
-        waits = [r for r in results if r["decision"] != "place"]
-        assert len(waits) == WORKERS - 1, (rnd, results)
-        assert all("0 whole GPU(s) free" in r["reason"] for r in waits), (rnd, waits)
-    # every expiry round's claim held until its TTL and not after: the next round's winner asked after it
-    assert len(outcome["expiries"]) >= ROUNDS // EXPIRE_EVERY - 2, outcome["expiries"]
-    assert all(expired_at <= asked for expired_at, asked in outcome["expiries"])
-    assert outcome["left"] == []  # nothing outlives its TTL, whoever took it
+    """Judged by the book's own decision times (each decision's transaction clock): while a round's
+    first claim lives, exactly one worker is placed and every other one waits with the router's
+    reason. A worker stalled past that claim's TTL (a starved process on a loaded box) is rightly
+    placed after it: counted and printed as late, allowed only in the rounds left to expire."""
+    assert len(outcome["rounds"]) == ROUNDS
     log = outcome["book"].recent_decisions(limit=WORKERS * ROUNDS)
-    assert sum(d["decision"] == "place" for d in log) == ROUNDS, "one logged placement per round"
-    winners = {r["worker"] for results in rounds for r in results if r["decision"] == "place"}
+    assert len(log) == WORKERS * ROUNDS, "every decision logged"
+    late = 0
+    for rnd in range(ROUNDS):
+        ttl = EXPIRY_TTL_S if (rnd + 1) % EXPIRE_EVERY == 0 else TTL_S
+        mine = sorted((d for d in log if d["task_key"].endswith(f"/round-{rnd}")), key=lambda d: d["decided_at_s"])
+        assert len(mine) == WORKERS, (rnd, mine)
+        first = next(d for d in mine if d["decision"] == "place")
+        during = [d for d in mine if d["decided_at_s"] < first["decided_at_s"] + ttl]
+        after = [d for d in mine if d not in during]
+        assert [d["decision"] for d in during] == ["place"] + ["wait"] * (len(during) - 1), (rnd, mine)
+        assert all("0 whole GPU(s) free" in d["reason"] for d in during[1:]), (rnd, during)
+        assert not after or ttl == EXPIRY_TTL_S, (rnd, mine)  # a released claim's TTL outlasts any stall
+        late += sum(d["decision"] == "place" for d in after)
+    assert outcome["left"] == []  # nothing outlives its TTL, whoever took it
+    rounds = outcome["rounds"]
+    wins = Counter(r["worker"] for results in rounds for r in results if r["decision"] == "place")
     spread = max(max(r["t1"] for r in res) - min(r["t0"] for r in res) for res in rounds)
+    decide = statistics.median(r["t1"] - r["t0"] for res in rounds for r in res)
     print(
-        f"\n{label}: {ROUNDS} rounds x {WORKERS} workers in {outcome['took_s']:.1f} s, one placement each round "
-        f"(won by {sorted(winners)}), slowest round {spread * 1000:.0f} ms"
+        f"\n{label}: {ROUNDS} rounds x {WORKERS} workers in {outcome['took_s']:.1f} s, one placement while "
+        f"each claim lived, {late} after a claim's TTL; wins {dict(sorted(wins.items()))}; decision median "
+        f"{decide * 1000:.0f} ms, slowest round {spread * 1000:.0f} ms"
     )
 
 
