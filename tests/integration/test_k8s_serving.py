@@ -276,6 +276,25 @@ def test_worker_killed_while_its_canary_starts_then_the_retry_reuses_that_canary
     assert route_history(standin)[-1] == {STABLE: 100, CANARY: 0}
 
 
+def test_a_stable_that_cannot_roll_to_the_canary_goes_back_and_the_rollback_then_serves_it(
+    standin: SimpleNamespace, make_target: Callable[[], KubernetesTarget]
+) -> None:
+    t = make_target()
+    t.ensure_stable(ref("1", D1), ready_timeout_s=10)
+    t.start_canary(ref("2", D2), ready_timeout_s=10, owner=OWNER)
+    standin.faults[f"{STABLE}@{D2}"] = ("Unschedulable", "0/3 nodes are available: 3 Insufficient memory.")
+    t.update_timeout_s = 1
+    with pytest.raises(DeployError, match=r"Insufficient memory.*stable stays at v1; the canary keeps 100 %"):
+        t.promote()
+    dep = live_objects(standin, "deployments")[STABLE]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith(D1)
+    assert route_history(standin)[-1] == {STABLE: 0, CANARY: 100}
+    assert make_target().rollback("promotion failed", owner=OWNER) is True
+    assert route_history(standin)[-1] == {STABLE: 100}
+    _wait(lambda: make_target().health().stable is True, 5, "the old stable available")
+    assert make_target().status().stable.version == "1"  # type: ignore[union-attr]
+
+
 def test_a_canary_never_ready_is_removed_at_the_deadline_naming_the_pods_reason(
     standin: SimpleNamespace, make_target: Callable[[], KubernetesTarget]
 ) -> None:

@@ -264,15 +264,27 @@ class KubernetesTarget:
                 )
             model = self._model_of(canary, self.model_name)
             self._apply_route(100)
-            ca = self._ann(canary)
+            ca, sa = self._ann(canary), self._ann(stable)
+            # what the stable ran before this promotion (kept across a retry that finds it rolled already)
+            previous = sa.get(f"{A}/previous")
+            if sa.get(f"{A}/image-digest") != model.image_digest:
+                was = self._model_of(stable, self.model_name)
+                previous = km.dumps([was.version, str(was.model_path), was.image_digest, sa.get(f"{A}/started-at")])
             ann = {
                 f"{A}/started-at": ca.get(f"{A}/started-at", f"{time.time():.3f}"),
                 f"{A}/promoted-from": km.dumps(json.loads(ca.get(f"{A}/owner", "null"))),
+                **({f"{A}/previous": previous} if previous else {}),
             }
             self._apply_track("stable", model, ann)
             if not self._wait_available("stable", self.update_timeout_s):
-                # the canary still serves 100 %: a retried promote continues from here
-                raise DeployError(self._not_ready("stable", model, self.update_timeout_s) + "; the canary keeps 100 %")
+                msg = self._not_ready("stable", model, self.update_timeout_s)
+                if previous:  # back to the old spec (its pods never stopped: maxUnavailable 0)
+                    version, path, digest, started = json.loads(previous)
+                    old = ModelRef(self.model_name, version, Path(path), digest)
+                    self._apply_track("stable", old, {f"{A}/started-at": started or "0"})
+                    msg += f"; the stable stays at v{version}"
+                # the canary keeps 100 %: a retried promote continues from here, a rollback returns to the stable
+                raise DeployError(msg + "; the canary keeps 100 % until a retried promote or a rollback")
             self._apply_route(None)
             self._delete_track("canary")
         backend = self._backend(self._deployment("stable"), "stable")
