@@ -31,6 +31,7 @@ from include.mlops.deploy.target import DeployTarget, ModelRef
 from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
 from tests.k8s_serving_standin import NAMESPACE, live_objects, serving_standin
 from tests.k8s_standin import restricted_profile_violations
+from tests.ports import listening_socket
 
 MODEL = "fraud-detector"
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
@@ -385,6 +386,27 @@ def test_serving_config_from_env_and_a_missing_registry_is_refused() -> None:
     )  # fmt: skip
     with pytest.raises(DeployError, match=r"extra\.registry"):
         KubernetesTarget(MODEL, registry="", config=cfg)
+
+
+def test_an_unreachable_api_or_a_bad_kubeconfig_is_a_deploy_error_naming_it(tmp_path: Path) -> None:
+    sock = listening_socket()  # a port nobody answers on: bound, then closed
+    port = sock.getsockname()[1]
+    sock.close()
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    kubeconfig.write_text(
+        json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        })
+    )  # fmt: skip
+    cfg = KubernetesServingConfig(namespace=NAMESPACE, kube_config=str(kubeconfig))
+    with pytest.raises(DeployError, match=rf"kubernetes API http://127.0.0.1:{port} unreachable for GET"):
+        KubernetesTarget(MODEL, registry="r", config=cfg).status()
+    missing = KubernetesServingConfig(namespace=NAMESPACE, kube_config=str(tmp_path / "nope.yaml"))
+    with pytest.raises(DeployError, match=r"cannot configure the API client from kubeconfig .*nope\.yaml"):
+        KubernetesTarget(MODEL, registry="r", config=missing).status()
 
 
 def test_kubernetes_profile_serving_target_builds_a_kubernetes_target(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 FIELD_MANAGER = "mlops-release"
+# connect and read: a wedged API server fails the move (the task retries) instead of hanging it
+REQUEST_TIMEOUT_S = (10, 30)
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,17 @@ class KubernetesServingConfig:
 def api_client(kube_config: str | None) -> ApiClient:
     """A client from a kubeconfig file, else the pod's in-cluster service account."""
     from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
 
-    if kube_config:
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=kube_config, client_configuration=cfg)
-        return client.ApiClient(cfg)
-    config.load_incluster_config()
+    try:
+        if kube_config:
+            cfg = client.Configuration()
+            config.load_kube_config(config_file=kube_config, client_configuration=cfg)
+            return client.ApiClient(cfg)
+        config.load_incluster_config()
+    except (ConfigException, OSError) as exc:
+        where = f"kubeconfig {kube_config}" if kube_config else "no KUBECONFIG and not in a pod (in-cluster config)"
+        raise DeployError(f"kubernetes profile: cannot configure the API client from {where}: {exc}") from exc
     return client.ApiClient()
 
 
@@ -68,18 +75,22 @@ class KubeRest:
     def call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
               content_type: str = "application/json") -> Any:  # fmt: skip
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             return self.client.call_api(
                 path, method, query_params=query or [], body=body,
                 header_params={"Content-Type": content_type, "Accept": "application/json"},
                 response_types_map={200: "object", 201: "object", 202: "object"},
-                auth_settings=["BearerToken"], _return_http_data_only=True,
+                auth_settings=["BearerToken"], _return_http_data_only=True, _request_timeout=REQUEST_TIMEOUT_S,
             )  # fmt: skip
         except ApiException as exc:
             if exc.status == 404 and method in ("GET", "DELETE"):
                 return None
             raise DeployError(f"kubernetes API {method} {path}: HTTP {exc.status} {exc.reason}: {exc.body}") from exc
+        except HTTPError as exc:  # unreachable, refused, timed out (after urllib3's own retries)
+            host = self.client.configuration.host
+            raise DeployError(f"kubernetes API {host} unreachable for {method} {path}: {exc}") from exc
 
     def path(self, kind: str, name: str | None = None) -> str:
         base = km.PATHS[kind].format(ns=self.namespace)
