@@ -35,8 +35,9 @@ pytestmark = [pytest.mark.slow]
 
 WORKERS = 4
 ROUNDS = 100
-# A loser that asked after the winner's claim expired would rightly be placed: the TTLs are long
-# against a round (median decision 60-160 ms; 9-10 s seen once, with a bench starting beside it)
+# A loser that asks after the winner's claim expired is rightly placed (counted as late): a released
+# round's claim lives far longer than any stall seen (median decision 50-190 ms, slowest round 10 s
+# at load average 15-20 on 2 cores)
 TTL_S = 60.0  # a released round's claim: its training "ends" once every worker has answered
 EXPIRY_TTL_S = 2.0  # a claim left to expire: the next round starts just after it
 EXPIRE_EVERY = 20  # every 20th round's claim is left to expire instead of being released
