@@ -156,6 +156,19 @@ def test_server_pods_are_restricted_probed_limited_spread_and_scraped(
     assert [p["port"] for p in policy["egress"][0]["ports"]] == [53, 53]  # DNS only
 
 
+def test_an_rps_target_adds_a_custom_metric_to_the_hpa_and_validates() -> None:
+    from include.mlops.deploy import k8s_manifests as km
+
+    scope = km.Scope(model_name=MODEL, namespace=NAMESPACE, registry="r")
+    hpa = km.autoscaler(scope, "stable", ServingResources(rps_per_pod=50))
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource", "Pods"]
+    assert hpa["spec"]["metrics"][1]["pods"]["metric"]["name"] == km.RPS_METRIC
+    for version in SCHEMA_VERSIONS:
+        kubernetes_validate.validate(hpa, version, strict=True)
+    with pytest.raises(DeployError, match="rps_per_pod=0"):
+        ServingResources(rps_per_pod=0)
+
+
 def test_rollback_moves_the_weights_to_the_stable_before_deleting_the_canary(
     standin: SimpleNamespace, make_target: Callable[[], KubernetesTarget]
 ) -> None:

@@ -20,6 +20,8 @@ SERVER_UID = 10001  # the serving image's user (docker/serve.Dockerfile: USER 10
 PREFIX = "mlops.dev"
 MANAGED_BY = "mlops-release"
 TRACKS = ("stable", "canary")
+# the per-pod rate of the server's predict_requests_total, as prometheus-adapter names it
+RPS_METRIC = "predict_requests_per_second"
 # Object name per model and track; DNS-1035 labels (Services need them): 63 chars, [a-z0-9-]
 _NAME_BAD = re.compile(r"[^a-z0-9-]+")
 
@@ -44,6 +46,9 @@ class ServingResources:
     max_replicas: int = 6
     canary_replicas: int = 1
     cpu_utilization_pct: int = 70
+    # optional second HPA metric: requests per second per pod, from the custom metrics API
+    # (prometheus-adapter rule in deploy/k8s/base/prometheus-scrape.yaml); None: CPU only
+    rps_per_pod: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("min_replicas", "max_replicas", "canary_replicas"):
@@ -54,6 +59,8 @@ class ServingResources:
             raise DeployError(
                 f"serving resources max_replicas={self.max_replicas}: must be >= min_replicas={self.min_replicas}"
             )
+        if self.rps_per_pod is not None and not (isinstance(self.rps_per_pod, int) and self.rps_per_pod >= 1):
+            raise DeployError(f"serving resources rps_per_pod={self.rps_per_pod!r}: must be an integer >= 1 or None")
         if not 1 <= self.cpu_utilization_pct <= 100:
             raise DeployError(f"serving resources cpu_utilization_pct={self.cpu_utilization_pct!r}: must be in 1..100")
 
@@ -220,6 +227,25 @@ def autoscaler(scope: Scope, track: str, res: ServingResources) -> dict[str, Any
     low, high = (
         (res.canary_replicas, res.canary_replicas) if track == "canary" else (res.min_replicas, res.max_replicas)
     )
+    metrics: list[dict[str, Any]] = [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": res.cpu_utilization_pct},
+            },
+        }
+    ]
+    if res.rps_per_pod is not None:
+        metrics.append(
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": RPS_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": str(res.rps_per_pod)},
+                },
+            }
+        )
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -228,15 +254,7 @@ def autoscaler(scope: Scope, track: str, res: ServingResources) -> dict[str, Any
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": scope.name(track)},
             "minReplicas": low,
             "maxReplicas": high,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {"type": "Utilization", "averageUtilization": res.cpu_utilization_pct},
-                    },
-                }
-            ],
+            "metrics": metrics,
         },
     }
 
