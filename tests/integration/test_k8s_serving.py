@@ -33,6 +33,8 @@ from tests.k8s_serving_standin import NAMESPACE, live_objects, serving_standin
 from tests.k8s_standin import restricted_profile_violations
 from tests.ports import listening_socket
 
+pytestmark = pytest.mark.slow  # ~15-35 s in all: two workers started as processes and SIGKILLed
+
 MODEL = "fraud-detector"
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 STABLE, CANARY, ROUTE = f"mlops-{MODEL}-stable", f"mlops-{MODEL}-canary", f"mlops-{MODEL}"
