@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -309,6 +310,32 @@ def test_a_stable_that_cannot_roll_to_the_canary_goes_back_and_the_rollback_then
     assert route_history(standin)[-1] == {STABLE: 100}
     _wait(lambda: make_target().health().stable is True, 5, "the old stable available")
     assert make_target().status().stable.version == "1"  # type: ignore[union-attr]
+
+
+def test_two_releases_racing_to_start_a_canary_leave_exactly_one_owner(
+    standin: SimpleNamespace, make_target: Callable[[], KubernetesTarget]
+) -> None:
+    make_target().ensure_stable(ref("1", D1), ready_timeout_s=10)
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+
+    def release(run_id: str, version: str, digest: str) -> None:
+        target = make_target()
+        barrier.wait()
+        try:
+            target.start_canary(ref(version, digest), ready_timeout_s=10, owner={"dag_id": "release", "run_id": run_id})
+            outcomes[run_id] = "started"
+        except ServingBusy:
+            outcomes[run_id] = "busy"
+
+    threads = [threading.Thread(target=release, args=a) for a in (("a", "2", D2), ("b", "3", D3))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert sorted(outcomes.values()) == ["busy", "started"]
+    winner = next(k for k, v in outcomes.items() if v == "started")
+    assert make_target().canary_owner() == {"dag_id": "release", "run_id": winner}
 
 
 def test_a_canary_never_ready_is_removed_at_the_deadline_naming_the_pods_reason(

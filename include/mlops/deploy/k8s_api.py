@@ -104,6 +104,16 @@ class KubeRest:
         )  # fmt: skip
         return dict(out or {})
 
+    def create(self, obj: dict[str, Any]) -> bool:
+        """POST: True if created, False if it exists already (409), the API server deciding between racers."""
+        try:
+            self.call("POST", self.path(obj["kind"]), obj, query=[("fieldManager", FIELD_MANAGER)])
+        except DeployError as exc:
+            if getattr(exc.__cause__, "status", None) == 409:
+                return False
+            raise
+        return True
+
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
         found = self.call("GET", self.path(kind, name))
         return dict(found) if found else None

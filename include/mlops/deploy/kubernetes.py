@@ -221,17 +221,19 @@ class KubernetesTarget:
         if self._deployment("stable") is None:
             raise DeployError("no stable deployment to canary against; run ensure_stable first")
         canary = self._deployment("canary")
-        if canary is not None:
-            a = self._ann(canary)
-            holder = json.loads(a.get(f"{A}/owner", "null"))
-            if a.get(f"{A}/version") != str(model.version) or (owner is not None and holder not in (None, owner)):
-                raise ServingBusy(
-                    f"release {_describe(holder)} is in progress with canary v{a.get(f'{A}/version')} "
-                    f"(deployment {self.scope.name('canary')}); it must promote or roll back (or run the "
-                    f"rollback DAG) before version {model.version} can start"
-                )
         started = self._ann(canary).get(f"{A}/started-at") if canary else None
         ann = {f"{A}/owner": km.dumps(owner), f"{A}/started-at": started or f"{time.time():.3f}"}
+        if canary is None:
+            # claim the canary slot with a create, which the API server refuses (409) to all but one of
+            # two releases racing here; apply alone would let the last writer silently take it over
+            claim = km.deployment(
+                self.scope, "canary", digest=model.image_digest or "", version=str(model.version),
+                annotations={f"{A}/version": str(model.version), **ann}, res=self.resources,
+            )  # fmt: skip
+            if not self.api.create(claim):
+                canary = self._deployment("canary")
+        if canary is not None:
+            self._check_canary_owner(canary, model, owner)
         self._apply_track("canary", model, ann)
         self._apply_route(self._canary_weight(self._route()) if canary else 0)
         if not self._wait_available("canary", ready_timeout_s):
@@ -242,6 +244,16 @@ class KubernetesTarget:
         backend = self._backend(self._deployment("canary"), "canary")
         assert backend is not None
         return backend
+
+    def _check_canary_owner(self, canary: dict[str, Any], model: ModelRef, owner: dict[str, Any] | None) -> None:
+        a = self._ann(canary)
+        holder = json.loads(a.get(f"{A}/owner", "null"))
+        if a.get(f"{A}/version") != str(model.version) or (owner is not None and holder not in (None, owner)):
+            raise ServingBusy(
+                f"release {_describe(holder)} is in progress with canary v{a.get(f'{A}/version')} "
+                f"(deployment {self.scope.name('canary')}); it must promote or roll back (or run the "
+                f"rollback DAG) before version {model.version} can start"
+            )
 
     def set_canary_weight(self, pct: int) -> None:
         if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
