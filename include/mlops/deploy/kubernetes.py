@@ -139,8 +139,9 @@ class KubernetesTarget:
 
     def _pod_reasons(self, track: str) -> list[str]:
         """Why a track's pods are not ready: container waiting/terminated reasons, scheduler messages."""
-        found = self.api.call("GET", self.api.path("Pod")) or {}
         want = self.scope.selector(track)
+        selector = ",".join(f"{k}={v}" for k, v in want.items())
+        found = self.api.call("GET", self.api.path("Pod"), query=[("labelSelector", selector)]) or {}
         out: list[str] = []
         for pod in found.get("items") or []:
             labels = (pod.get("metadata") or {}).get("labels") or {}
