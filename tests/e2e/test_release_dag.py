@@ -69,9 +69,7 @@ class Releases:
             ),
             f"e2e-{self.dep.model_name}",
         )
-        version = self.reg.register_version(
-            self.dep.model_name, run_id, f"e2e/{key}", tags={"gate.decision": "passed"}
-        )
+        version = self.reg.register_version(self.dep.model_name, run_id, f"e2e/{key}", tags={"gate.decision": "passed"})
         return version.version
 
     def release(self, version: str, **params: object) -> DagTestRun:
