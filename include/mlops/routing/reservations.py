@@ -108,9 +108,15 @@ class ReservationBook:
         self.ttl_s = ttl_s
         self.keep_decisions = keep_decisions
         self._clock = clock
-        # under the book's lock: concurrent first uses on PostgreSQL would race on CREATE TABLE
-        with self.backend.exclusive() as conn:
-            _METADATA.create_all(conn, checkfirst=True)
+        # the tables, once: looked for without a lock (the api-server opens the book per request, and
+        # must answer while a placement holds it), created under the lock (concurrent first uses on
+        # PostgreSQL would race on CREATE TABLE)
+        with self.backend.read() as conn:
+            inspector = sa.inspect(conn)
+            ready = all(inspector.has_table(t.name) for t in _METADATA.sorted_tables)
+        if not ready:
+            with self.backend.exclusive() as conn:
+                _METADATA.create_all(conn, checkfirst=True)
 
     @contextmanager
     def transaction(self) -> Iterator[BookTransaction]:
