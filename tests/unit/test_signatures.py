@@ -17,7 +17,6 @@ NOT_YET = {
     "include/mlops/deploy/local.py: LocalProcessTarget.__init__",
     "include/mlops/deploy/router.py: start",
     "include/mlops/deploy/swarm_services.py: update_image",
-    "include/mlops/deploy/swarm_services.py: wait_update",
     "include/mlops/history/query.py: history_page",
 }
 
