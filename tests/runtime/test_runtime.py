@@ -276,6 +276,117 @@ def test_a_scheduler_killed_mid_release_is_restarted_by_up_and_serving_ends_in_o
     assert (health.stable, health.router, health.canary) == (True, True, None), health  # no orphan canary
 
 
+GPU_INVENTORY = """
+source: rt-cluster
+pool_label: karpenter.sh/nodepool
+nodes:
+  - {name: gpu-a100-1, node_pool: a100-pool, gpu_type: NVIDIA-A100-SXM4-80GB, gpus: 8, gpus_used: 7, cpu: "96",
+     memory: 1Ti}
+"""
+
+
+def _log(runtime: Runtime, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/{task_id}/logs/{try_number}"
+    doc = runtime.request("GET", f"{path}?full_content=true")
+    content = doc.get("content", "")
+    return content if isinstance(content, str) else json.dumps(content)
+
+
+def test_a_retrain_waits_for_the_only_gpu_then_trains_in_a_pod_deferred_to_the_real_triggerer(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Static inventory with one free A100; another worker's placement holds it in the router book.
+    `route` sits in up_for_reschedule with the router's reason (no worker slot held), places on the
+    cluster once the claim is released; train.gpu_1 holds one gpu_training slot, creates the pod
+    (Kubernetes API stand-in over real HTTP) and defers: the real triggerer process watches the pod,
+    the task resumes, and the run registers the model. The scheduler's pool counts match the placement."""
+    from include.mlops.routing.model import TaskRequest
+    from include.mlops.routing.placement import place_task
+    from include.mlops.routing.providers.static import load_inventory
+    from include.mlops.routing.reservations import ReservationBook
+    from tests.k8s_standin import kubernetes_standin, live_pods
+
+    runtime.unpause("retrain")  # (already, after the chain; this test also runs alone)
+    inventory = runtime.data_root / "gpu-inventory.yaml"
+    inventory.parent.mkdir(parents=True, exist_ok=True)
+    inventory.write_text(GPU_INVENTORY)
+    import yaml
+
+    held = place_task(TaskRequest(gpu_count=1), load_inventory(yaml.safe_load(GPU_INVENTORY)))
+    book = ReservationBook(runtime.base / "router/book.sqlite", ttl_s=900)
+    with book.transaction() as txn:
+        txn.reserve("other-dag/run/train", held.claim)
+    # a batch outside the landing folder: the cron test after this one must still find only the chain's
+    # yesterday's complete day, as land_batch lands it (a batch from the future fails validation)
+    day = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
+    batch = runtime.data_root / "gpu-test" / f"transactions_{day}.parquet"
+    batch.parent.mkdir(parents=True, exist_ok=True)
+    from include.mlops.data.generate import generate_batch
+
+    generate_batch(3000, seed=21, batch_date=day).to_parquet(batch, index=False)
+    before = {v: runtime.request("GET", f"/api/v2/variables/{v}")["value"]
+              for v in ("router_capacity_source", "mlops_training_image", "mlops_data_volume_claim")}  # fmt: skip
+    with kubernetes_standin(tmp_path) as k8s:
+        conn = json.loads(k8s.conn_json)
+        if _has_conn(runtime):  # airflow_settings.yaml's placeholder: this test points it at the stand-in
+            runtime.request("DELETE", "/api/v2/connections/kubernetes_default")
+        runtime.request(
+            "POST", "/api/v2/connections",
+            {"connection_id": "kubernetes_default", "conn_type": "kubernetes", "extra": json.dumps(conn["extra"])},
+        )  # fmt: skip
+        for key, value in {"router_capacity_source": f"inventory:{inventory}",
+                           "mlops_training_image": "registry.local/mlops-train:runtime",
+                           "mlops_data_volume_claim": "mlops-data"}.items():  # fmt: skip
+            runtime.request("PATCH", f"/api/v2/variables/{key}", {"key": key, "value": value})
+        try:
+            run = runtime.trigger(
+                "retrain",
+                # +0.5 AUC: after the chain's champion the gate rejects, and no release starts from here
+                {"batch_path": str(batch), "epochs": 1, "gate_min_improvement": 0.5,
+                 "resources": {"gpu_count": 1, "cpu_fallback": False, "max_wait_s": 600}},
+            )  # fmt: skip
+            run_id = run["dag_run_id"]
+            waiting = runtime.wait_task("retrain", run_id, "route", {"up_for_reschedule"}, 600)
+            route_log = _log(runtime, "retrain", run_id, "route", waiting["try_number"])
+            assert book.release("other-dag/run/train") == 1
+            deferred = runtime.wait_task("retrain", run_id, "train.gpu_1", {"deferred", "success", "failed"}, 600)
+            pool_while_deferred = runtime.request("GET", "/api/v2/pools/gpu_training")
+            pods_while_deferred = len(k8s.created)
+            run = runtime.wait_run("retrain", run_id, 900)
+            left = live_pods(k8s)
+        finally:
+            for key, value in before.items():
+                runtime.request("PATCH", f"/api/v2/variables/{key}", {"key": key, "value": value})
+            book.release("other-dag/run/train")
+
+    tasks = runtime.tasks("retrain", run_id)
+    print(
+        f"\nGPU contention under the real scheduler: route waited {route_log.count('waiting for capacity')} time(s); "
+        f"pool gpu_training while deferred: {pool_while_deferred}"
+    )
+    assert "waiting for capacity" in route_log and "gpu" in route_log.lower(), route_log[-2000:]
+    assert deferred["state"] == "deferred", runtime.where("retrain", run_id)
+    assert pods_while_deferred == 1
+    assert (pool_while_deferred["deferred_slots"], pool_while_deferred["running_slots"]) == (1, 0), pool_while_deferred
+    assert run["state"] == "success", runtime.where("retrain", run_id)
+    assert tasks["train.gpu_1"]["state"] == "success" and tasks["train.gpu_1"]["pool"] == "gpu_training"
+    assert tasks["train.gpu_1"]["pool_slots"] == held.pool_slots == 1
+    assert {tasks[t]["state"] for t in tasks if t.startswith("train.") and t != "train.gpu_1"} == {"skipped"}
+    assert tasks["register"]["state"] == "success"
+    (manifest,) = k8s.created
+    assert manifest["spec"]["nodeSelector"]["karpenter.sh/nodepool"] == "a100-pool"
+    assert left == [], "the pod was not deleted after training"
+    assert ReservationBook(runtime.base / "router/book.sqlite").active() == []
+
+
+def _has_conn(runtime: Runtime) -> bool:
+    try:
+        runtime.request("GET", "/api/v2/connections/kubernetes_default")
+        return True
+    except AssertionError:
+        return False
+
+
 def test_a_per_minute_cron_from_the_env_variable_starts_retrain_without_a_trigger(
     runtime: Runtime, chain: dict[str, Any]
 ) -> None:
