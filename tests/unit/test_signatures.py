@@ -14,8 +14,6 @@ MAX_POSITIONAL = 3
 # makes the function keyword-only (the test fails on an entry that no longer needs to be here).
 NOT_YET = {
     "include/mlops/deploy/k8s_api.py: KubeRest.call",
-    "include/mlops/deploy/local.py: LocalProcessTarget.__init__",
-    "include/mlops/deploy/router.py: start",
     "include/mlops/deploy/swarm_services.py: update_image",
     "include/mlops/history/query.py: history_page",
 }

@@ -32,6 +32,7 @@ class LocalProcessTarget:
         self,
         state_dir: Path,
         python_executable: str,
+        *,
         caddy_executable: str | None = None,
         drain_timeout_s: float = 30.0,
         project_root: Path | None = None,
@@ -65,7 +66,8 @@ class LocalProcessTarget:
     def _read(self) -> dict[str, Any]:
         if not self.state_path.exists():
             return {"router": None, "stable": None, "canary": None, "canary_weight_pct": 0, "retired": []}
-        return json.loads(self.state_path.read_text())
+        st: dict[str, Any] = json.loads(self.state_path.read_text())
+        return st
 
     def _write(self, st: dict[str, Any]) -> None:
         st["updated_at_unix"] = time.time()
@@ -346,7 +348,10 @@ class LocalProcessTarget:
         # and reads them back (0: the kernel picks), so no port is probed and handed on to a race
         http_port = old.http_port if old else 0
         started = router.start(
-            self.state_dir, caddy.caddy_config(http_port, 0, self._split(st)), http_port, self.caddy_executable
+            self.state_dir,
+            caddy.caddy_config(http_port, 0, self._split(st)),
+            http_port=http_port,
+            caddy_executable=self.caddy_executable,
         )
         st["router"] = started.to_json()
         self._write(st)

@@ -65,6 +65,7 @@ def write_config(state_dir: Path, config: dict[str, Any]) -> None:
 def start(
     state_dir: Path,
     config: dict[str, Any],
+    *,
     http_port: int = 0,
     caddy_executable: str | None = None,
     env: dict[str, str] | None = None,

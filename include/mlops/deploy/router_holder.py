@@ -30,6 +30,7 @@ import time
 from collections import deque
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 # a Caddy that dies this many times within CRASH_WINDOW_S is broken, not unlucky: give up, exit 1,
 # and let the deploy target's restore (which reads the log) report why
@@ -39,7 +40,7 @@ BACKLOG = 1024  # connections that wait while Caddy restarts (at 20 rps, ~0.3 s 
 PR_SET_PDEATHSIG = 1
 
 
-def run_config(config: dict, http_fd: int, admin_fd: int) -> dict:
+def run_config(config: dict[str, Any], http_fd: int, admin_fd: int) -> dict[str, Any]:
     """The deployment's Caddy config with the router and its admin API on the inherited sockets."""
     for server in config["apps"]["http"]["servers"].values():
         server["listen"] = [f"fd/{http_fd}"]

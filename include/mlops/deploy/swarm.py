@@ -437,7 +437,12 @@ class SwarmTarget:
         held = router.RouterProcess.from_json(self._router())
         if held is None or not held.alive():
             http_port = held.http_port if held else 0
-            held = router.start(self.state_dir, router_config(http_port, 0, split), http_port, self.caddy_executable)
+            held = router.start(
+                self.state_dir,
+                router_config(http_port, 0, split),
+                http_port=http_port,
+                caddy_executable=self.caddy_executable,
+            )
             self._router_path.write_text(json.dumps(held.to_json()))
             router.write_config(self.state_dir, router_config(held.http_port, held.admin_port, split))
             return
