@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from include.mlops.registry.mlflow_registry import MlflowRegistry
 
 Log = Callable[[str], None]
-REJECTED_TAG = "release.status"
+RELEASE_STATUS_TAG = "release.status"  # what the release did with the version: rejected, promoted, rolled-back-to
 # serving-state record of a promotion whose alias move is not done yet (see promote)
 PENDING_ALIAS = "pending_alias"
 
@@ -401,7 +401,7 @@ def deploy_canary(
 
 def _reject(settings: ProjectSettings, plan: dict[str, Any], reason: str) -> None:
     _registry(settings).set_version_tags(
-        plan["model_name"], plan["version"], {REJECTED_TAG: "rejected", "release.reason": reason[:4000]}
+        plan["model_name"], plan["version"], {RELEASE_STATUS_TAG: "rejected", "release.reason": reason[:4000]}
     )
 
 
@@ -514,7 +514,7 @@ def _finish_promotion(settings: ProjectSettings, pending: dict[str, Any]) -> Non
 
     reg = _registry(settings)
     name, version, previous = pending["model_name"], pending["version"], pending.get("previous_champion")
-    tags = {REJECTED_TAG: "promoted", "release.promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tags = {RELEASE_STATUS_TAG: "promoted", "release.promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if previous and previous != version:
         tags[PREVIOUS_CHAMPION_TAG] = previous
     reg.set_version_tags(name, version, tags)
@@ -643,7 +643,10 @@ def rollback_to_version(
             target.start_canary(model, ready_timeout_s=60, owner=run)
             target.promote()
     reg.set_alias(model_name, CHAMPION, ref.version)
-    tags = {REJECTED_TAG: "rolled-back-to", "release.promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tags = {
+        RELEASE_STATUS_TAG: "rolled-back-to",
+        "release.promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if champion is not None and champion.version != ref.version:
         tags[PREVIOUS_CHAMPION_TAG] = champion.version
     reg.set_version_tags(model_name, ref.version, tags)
