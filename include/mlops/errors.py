@@ -33,6 +33,10 @@ class InvalidReleaseParams(MlopsError):
     """A release was triggered with params that break a rule."""
 
 
+class ModelLoadError(MlopsError):
+    """An ONNX model file is missing, unreadable, or does not take/give what this project's features need."""
+
+
 class CanaryFailed(MlopsError):
     """The canary failed its analysis and was rolled back."""
 

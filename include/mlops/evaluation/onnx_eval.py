@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from include.mlops.errors import BatchReadError, MlopsError
+from include.mlops.errors import BatchReadError, ModelLoadError
 from include.mlops.evaluation.metrics import HoldoutMetrics
 
 if TYPE_CHECKING:
@@ -22,10 +22,6 @@ __all__ = ["HoldoutMetrics", "ModelLoadError", "evaluate_models", "evaluate_onnx
 INPUT_NAME = "features"
 # Bounded batches keep ORT's memory flat on large holdouts.
 _CHUNK_ROWS = 65_536
-
-
-class ModelLoadError(MlopsError):
-    """An ONNX model file is missing, unreadable or does not take the expected input."""
 
 
 def _session(model_path: str | Path) -> ort.InferenceSession:

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 # the one encoder training and evaluation use too, with the checks a client can fail named
 from include.mlops.data.features import encode_records
 from include.mlops.data.schema import N_FEATURES
+from include.mlops.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -40,10 +41,6 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 
 class BodyTooLarge(Exception):
     """The request body is larger than the server accepts (413)."""
-
-
-class ModelLoadError(Exception):
-    """The ONNX file cannot serve this project's features (unreadable, wrong input/output)."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import pytest
 
 from include.mlops.data.features import encode_records
 from include.mlops.deploy.caddy import split_for
-from include.mlops.serving.server import ModelLoadError, load_session
+from include.mlops.errors import ModelLoadError
+from include.mlops.serving.server import load_session
 from tests.model_fixtures import build_logistic_model, build_unloadable_model, sample_records
 
 
