@@ -13,8 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
-from include.mlops.build import DockerImageBuilder, ModelArtifact, engine_available
-from include.mlops.build.context import DEFAULT_REQUIREMENTS, DEFAULT_WORK_DIR, ensure_wheelhouse
+from include.mlops.serving_image import DockerImageBuilder, ModelArtifact, engine_available
+from include.mlops.serving_image.context import DEFAULT_REQUIREMENTS, DEFAULT_WORK_DIR, ensure_wheelhouse
 from tests.model_fixtures import build_logistic_model
 
 REGISTRY = f"127.0.0.1:{os.environ.get('MLOPS_REGISTRY_PORT', '5001')}"

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from include.mlops.build.docker_builder import DEFAULT_BASE_IMAGE
+from include.mlops.serving_image.docker_builder import DEFAULT_BASE_IMAGE
 from include.mlops.training.runner import repo_root, training_python
 
 

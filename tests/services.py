@@ -29,7 +29,7 @@ def service_missing(reason: str) -> NoReturn:
 
 def require_docker_engine() -> str:
     """Which engine answers (version and URL); if none does, service_missing (docker/start_engine.sh starts it)."""
-    from include.mlops.build import engine_available
+    from include.mlops.serving_image import engine_available
 
     ok, reason = engine_available()
     if not ok:

@@ -327,8 +327,8 @@ def build_image(settings: ProjectSettings, plan: dict[str, Any], log: Log = prin
     """Build and push the serving image; returns {"skipped": reason} where no engine is reachable."""
     if plan["noop"] or plan["dry_run"]:
         return {"skipped": "no-op release" if plan["noop"] else "dry run"}
-    from include.mlops.build.docker_builder import DockerImageBuilder, engine_available
-    from include.mlops.build.image import ModelArtifact
+    from include.mlops.serving_image.docker_builder import DockerImageBuilder, engine_available
+    from include.mlops.serving_image.image import ModelArtifact
 
     ok, reason = engine_available(settings.docker_base_url)
     if not ok and settings.profile != "local":  # only the local target can serve without an image

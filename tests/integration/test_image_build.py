@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from include.mlops.build import BuiltImage, DockerImageBuilder, ImageBuilder, ModelArtifact, engine_available
-from include.mlops.build.docker_builder import DEFAULT_BASE_IMAGE, ImageBuildFailed
-from include.mlops.build.image import InvalidImageReference, ModelFileMissing
-from include.mlops.build.image_registry import MANIFEST_TYPES, RegistryClient, RegistryUnavailable
 from include.mlops.data.schema import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from include.mlops.serving_image import BuiltImage, DockerImageBuilder, ImageBuilder, ModelArtifact, engine_available
+from include.mlops.serving_image.docker_builder import DEFAULT_BASE_IMAGE, ImageBuildFailed
+from include.mlops.serving_image.image import InvalidImageReference, ModelFileMissing
+from include.mlops.serving_image.image_registry import MANIFEST_TYPES, RegistryClient, RegistryUnavailable
 from tests.model_fixtures import build_logistic_model
 
 REGISTRY = f"127.0.0.1:{os.environ.get('MLOPS_REGISTRY_PORT', '5001')}"

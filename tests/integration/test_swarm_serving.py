@@ -52,7 +52,7 @@ def model_name() -> str:
 @pytest.fixture(scope="module")
 def images(client: Any, model_name: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelRef]:
     """v1, v2 (good), v3 (every prediction fails), v4 (never loads): built and pushed, pinned by digest."""
-    from include.mlops.build import DockerImageBuilder, ModelArtifact
+    from include.mlops.serving_image import DockerImageBuilder, ModelArtifact
 
     builder = DockerImageBuilder(client.api, REGISTRY)
     makers = {"1": lambda p: build_logistic_model(p, seed=1), "2": lambda p: build_logistic_model(p, seed=2),

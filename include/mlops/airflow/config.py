@@ -20,9 +20,9 @@ from include.mlops.settings.project import (
 )
 
 if TYPE_CHECKING:
-    from include.mlops.build.docker_builder import DockerImageBuilder
     from include.mlops.routing.router import ResourceRouter
     from include.mlops.routing.training import ResourcePolicy
+    from include.mlops.serving_image.docker_builder import DockerImageBuilder
     from include.mlops.training.container import TrainingContainerSettings
 
 
@@ -58,7 +58,7 @@ def _docker_connection() -> tuple[str | None, str | None]:
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
-    from include.mlops.build.docker_connection import docker_endpoints
+    from include.mlops.serving_image.docker_connection import docker_endpoints
 
     env_var = f"AIRFLOW_CONN_{DOCKER_CONN_ID.upper()}"
     try:
@@ -161,7 +161,7 @@ def image_builder(conn_id: str = DOCKER_CONN_ID, **kwargs: Any) -> DockerImageBu
     from airflow.exceptions import AirflowException
     from airflow.providers.docker.hooks.docker import DockerHook
 
-    from include.mlops.build.docker_builder import DockerImageBuilder, EngineUnavailable, docker_host
+    from include.mlops.serving_image.docker_builder import DockerImageBuilder, EngineUnavailable, docker_host
 
     conn = DockerHook.get_connection(conn_id)
     extra = conn.extra_dejson

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.build.context import (
+from include.mlops.errors import BuildError, SettingsError
+from include.mlops.serving_image.context import (
     DEFAULT_DOCKERFILE,
     DEFAULT_REQUIREMENTS,
     DEFAULT_WORK_DIR,
@@ -25,15 +26,14 @@ from include.mlops.build.context import (
     ensure_wheelhouse,
     prepare_context,
 )
-from include.mlops.build.image import BuiltImage, ModelArtifact, validate_tag
-from include.mlops.build.image_registry import (
+from include.mlops.serving_image.image import BuiltImage, ModelArtifact, validate_tag
+from include.mlops.serving_image.image_registry import (
     ManifestInfo,
     RegistryAuthRequired,
     RegistryClient,
     RegistryEndpoint,
     RegistryUnavailable,
 )
-from include.mlops.errors import BuildError, SettingsError
 
 if TYPE_CHECKING:
     # Imported by module path: the repo's own docker/ folder shadows the SDK's top-level name for mypy.

@@ -15,8 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from include.mlops.build.image import ModelArtifact
 from include.mlops.errors import BuildError
+from include.mlops.serving_image.image import ModelArtifact
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_DOCKERFILE = REPO_ROOT / "docker" / "serve.Dockerfile"

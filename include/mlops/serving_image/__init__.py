@@ -4,7 +4,7 @@
 implements it over a Docker engine (local and docker profiles). Nothing heavy is imported here.
 """
 
-from include.mlops.build.docker_builder import DockerImageBuilder, engine_available
-from include.mlops.build.image import BuiltImage, ImageBuilder, ModelArtifact
+from include.mlops.serving_image.docker_builder import DockerImageBuilder, engine_available
+from include.mlops.serving_image.image import BuiltImage, ImageBuilder, ModelArtifact
 
 __all__ = ["BuiltImage", "DockerImageBuilder", "ImageBuilder", "ModelArtifact", "engine_available"]
