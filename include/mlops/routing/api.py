@@ -27,9 +27,16 @@ padding:3px 8px}textarea{width:40em;height:8em}pre{background:#f4f4f4;padding:1e
 <h2>Dry run</h2><textarea id="req">{"gpu_count": 1, "gpu_types": ["A100", "L4"], "cpu_millicores": 8000,
 "memory_mib": 32768}</textarea><br><button onclick="dry()">Place (no reservation)</button><pre id="out"></pre>
 <script>
+// times (fields *_at_s, epoch seconds) as a person reads them, in the Airflow UI's timezone
+function uiTz(){ let tz = null; try { tz = JSON.parse(localStorage.getItem("timezone") || "null"); } catch(e) {}
+ tz = tz || Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+ try { new Intl.DateTimeFormat("en-GB", {timeZone: tz}); return tz; } catch(e) { return "UTC"; } }
+const FMT = new Intl.DateTimeFormat("en-GB", {timeZone: uiTz(), dateStyle: "medium", timeStyle: "medium"});
+function cell(c, v){ if(c.endsWith("_at_s") && typeof v === "number") return FMT.format(new Date(v * 1000));
+ return typeof v === "object" ? JSON.stringify(v) : (v ?? ""); }
 function table(rows, cols){ if(!rows.length) return "<i>none</i>";
  return "<table><tr>"+cols.map(c=>"<th>"+c+"</th>").join("")+"</tr>"+rows.map(r=>"<tr>"+cols.map(c=>
- "<td>"+(typeof r[c]==="object"?JSON.stringify(r[c]):(r[c]??""))+"</td>").join("")+"</tr>").join("")+"</table>";}
+ "<td>"+cell(c, r[c])+"</td>").join("")+"</tr>").join("")+"</table>";}
 async function load(){
  const cap = await (await fetch("capacity")).json();
  document.getElementById("cap").innerHTML = table(cap.pools, ["node_pool","target","gpu_types","nodes",
