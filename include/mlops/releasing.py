@@ -574,6 +574,11 @@ def promote(settings: ProjectSettings, plan: dict[str, Any], log: Log = print) -
     _finish_promotion(settings, pending)
     target.set_record(PENDING_ALIAS, None)
     log(f"{plan['model_name']} v{plan['version']} is champion and serves 100 % at {target.status().router_url}")
+    # between releases nothing else watches the deployment: a target that can be kept (the Swarm
+    # one: replicas Swarm replaces get new addresses) starts its supervisor here, once
+    keep = getattr(target, "keep_supervised", None)
+    if keep is not None:
+        log(f"supervisor of {plan['model_name']}'s serving: pid {keep()}")
     return {"champion": plan["version"], "previous_champion": plan["champion_version"]}
 
 

@@ -281,7 +281,22 @@ class SwarmTarget:
                 self._apply(weight_pct=self.status().canary_weight_pct)
         return tuple(done)
 
+    def supervisor_args(self) -> list[str]:
+        """How the supervisor process rebuilds this target (supervisor.main's options)."""
+        args = ["--profile", "docker", "--model-name", self.model_name, "--registry", self.registry,
+                "--replicas", str(self.replicas)]  # fmt: skip
+        return args + (["--docker-host", self.base_url] if self.base_url else [])
+
+    def keep_supervised(self) -> int:
+        """Start the supervisor of this deployment if none runs: it reroutes replicas Swarm replaces."""
+        from include.mlops.deploy import supervisor
+
+        return supervisor.start_detached(self.state_dir, target_args=self.supervisor_args())
+
     def stop_all(self) -> None:
+        from include.mlops.deploy import supervisor
+
+        supervisor.stop(self.state_dir)  # first: it would route to what stop_all removes
         with self._locked():
             for track in ("canary", "stable"):
                 svc = self._service(track)
