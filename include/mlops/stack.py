@@ -629,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
                 supervisor.stop(state.parent)  # first, or it would restart what stop_all stops
                 LocalProcessTarget(state.parent, python_executable=sys.executable).stop_all()
                 print(f"stopped serving {state.parent.name}")
+            for pid_file in sorted(s.serving_root.glob(f"*/{supervisor.PID_FILE}")):  # other profiles' supervisors
+                if supervisor.stop(pid_file.parent):
+                    print(f"stopped the supervisor of {pid_file.parent.name} (its Swarm services keep serving)")
             _stop(STANDALONE_PID, "airflow standalone")
             stop_runtime()
             _stop(MLFLOW_PID, "mlflow server")
