@@ -383,20 +383,20 @@ def deploy_canary(
             )
         backend = target.ensure_stable(model, ready_timeout_s=params["ready_timeout_s"])
         log(f"first release: v{plan['version']} serves as stable at {target.status().router_url}")
-        return {"first_release": True, "stable": backend.to_json()}
+        return {"first_release": True, "stable": backend.to_dict()}
     stable = target.status().stable
     if plan.get("restore_stable"):
         for what in target.restore():  # a dead stable (or router) comes back before anything else
             log(f"restored {what}: it was not running")
     if stable is not None and stable.version == plan["version"] and target.status().canary is None:
-        return {"first_release": True, "stable": (target.status().stable or stable).to_json()}
+        return {"first_release": True, "stable": (target.status().stable or stable).to_dict()}
     try:
         backend = target.start_canary(model, ready_timeout_s=params["ready_timeout_s"], owner=plan.get("owner"))
     except BackendNotReady as e:
         _reject(settings, plan, f"canary never became ready: {e}")
         raise CanaryFailed(f"v{plan['version']}: canary never became ready, rolled back: {e}") from e
     log(f"canary v{plan['version']} ready at {backend.url} with 0 % of traffic")
-    return {"first_release": False, "canary": backend.to_json()}
+    return {"first_release": False, "canary": backend.to_dict()}
 
 
 def _reject(settings: ProjectSettings, plan: dict[str, Any], reason: str) -> None:
@@ -440,7 +440,7 @@ def analyse(
     step_lines: list[str] = []
 
     def on_step(step: Any) -> None:
-        s = step.to_json()
+        s = step.to_dict()
 
         def num(key: str, fmt: str = ".1f") -> str:
             v = s.get(key)
@@ -473,7 +473,7 @@ def analyse(
         )
     for incident in outcome.incidents:
         log(f"during the analysis: {incident}")
-    result = outcome.to_json()
+    result = outcome.to_dict()
     (out_dir / "analysis.json").write_text(json.dumps(result, indent=2, default=str))
     plot = plot_analysis(outcome.steps, out_dir / "analysis.png") if outcome.steps else None
     reg = _registry(settings)
@@ -487,7 +487,7 @@ def analyse(
         {
             "canary.verdict": "passed" if outcome.passed else "failed",
             "canary.reason": outcome.reason[:4000],
-            "canary.steps": json.dumps([s.to_json().get("verdict") for s in outcome.steps]),
+            "canary.steps": json.dumps([s.to_dict().get("verdict") for s in outcome.steps]),
             "canary.duration_s": f"{outcome.duration_s:.1f}",
         },
     )

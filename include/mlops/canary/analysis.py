@@ -71,7 +71,7 @@ class Samples:
     non_finite: tuple[bool, ...] = ()
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Samples:
+    def from_dict(cls, d: dict[str, Any]) -> Samples:
         return cls(
             ts=tuple(d.get("ts", ())),
             latency_ms=tuple(d.get("latency_ms", ())),
@@ -135,7 +135,7 @@ class StepAnalysis:
     slow_share_canary: float | None = None
     latency_tail_p_value: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return asdict(self)

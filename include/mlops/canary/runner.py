@@ -56,7 +56,7 @@ class HttpSampleSource:
         try:
             r = httpx.get(f"{backend.url}/samples", params={"since": since_unix}, timeout=self.timeout_s)
             r.raise_for_status()
-            return Samples.from_json(r.json())
+            return Samples.from_dict(r.json())
         except (httpx.HTTPError, ValueError) as exc:
             raise ProbeError(
                 f"cannot read samples of {backend.name} v{backend.version} at {backend.url}: {exc}"
@@ -80,7 +80,7 @@ class CanaryOutcome:
     def duration_s(self) -> float:
         return self.finished_at_unix - self.started_at_unix
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

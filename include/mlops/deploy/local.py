@@ -86,15 +86,15 @@ class LocalProcessTarget:
         router = st.get("router")
         return ServingState(
             router_url=f"http://127.0.0.1:{router['http_port']}" if router else None,
-            stable=Backend.from_json(st.get("stable")),
-            canary=Backend.from_json(st.get("canary")),
+            stable=Backend.from_dict(st.get("stable")),
+            canary=Backend.from_dict(st.get("canary")),
             canary_weight_pct=int(st.get("canary_weight_pct", 0)),
         )
 
     def ensure_stable(self, model: ModelRef, ready_timeout_s: float = 60.0) -> Backend:
         with self._locked() as st:
             self._finish_retirements(st)
-            stable = Backend.from_json(st["stable"])
+            stable = Backend.from_dict(st["stable"])
             if stable and stable.version == model.version and self._backend_alive(stable):
                 self._ensure_router(st)
                 return stable
@@ -104,7 +104,7 @@ class LocalProcessTarget:
                     f"{st['canary']['version']} runs; promote or roll back the canary first"
                 )
             new = self._start_backend(model, "stable", ready_timeout_s)
-            st["stable"] = new.to_json()
+            st["stable"] = new.to_dict()
             st["canary_weight_pct"] = 0
             try:
                 with self._stopped_on_error(new):
@@ -113,11 +113,11 @@ class LocalProcessTarget:
             except BaseException:
                 # _ensure_router may already have written the new stable to disk: the state must go
                 # on naming the old one, or nothing would ever stop it (seen: an orphaned stable)
-                st["stable"] = stable.to_json() if stable else None
+                st["stable"] = stable.to_dict() if stable else None
                 self._write(st)
                 raise
             if stable is not None:
-                st["retired"].append(stable.to_json())
+                st["retired"].append(stable.to_dict())
                 self._write(st)
                 self._finish_retirements(st)
             self._event("stable", version=new.version, replaced=stable.version if stable else None)
@@ -135,7 +135,7 @@ class LocalProcessTarget:
             if not st.get("stable"):
                 raise DeployError("no stable deployment to canary against; run ensure_stable first")
             self._ensure_router(st)
-            canary = Backend.from_json(st.get("canary"))
+            canary = Backend.from_dict(st.get("canary"))
             if canary is not None:
                 holder = st.get("canary_owner")
                 if canary.version != model.version or (owner is not None and holder not in (None, owner)):
@@ -150,7 +150,7 @@ class LocalProcessTarget:
                 st["canary"], st["canary_weight_pct"] = None, 0
                 self._apply(st)
             new = self._start_backend(model, "canary", ready_timeout_s)
-            st["canary"] = new.to_json()
+            st["canary"] = new.to_dict()
             st["canary_owner"] = owner
             st["canary_weight_pct"] = 0
             with self._stopped_on_error(new):
@@ -171,13 +171,13 @@ class LocalProcessTarget:
 
     def promote(self) -> Backend:
         with self._locked() as st:
-            canary = Backend.from_json(st.get("canary"))
+            canary = Backend.from_dict(st.get("canary"))
             if canary is None:
                 # already promoted (a retried task): finish any draining and report the stable
                 self._finish_retirements(st)
                 if not st.get("stable"):
                     raise DeployError("nothing to promote: no canary and no stable deployment")
-                return Backend.from_json(st["stable"])  # type: ignore[return-value]
+                return Backend.from_dict(st["stable"])  # type: ignore[return-value]
             if not self._backend_alive(canary):
                 raise DeployError(
                     f"canary version {canary.version} (pid {canary.pid}) is not running; "
@@ -186,7 +186,7 @@ class LocalProcessTarget:
             self._ensure_router(st)
             old = st["stable"]
             # canary is already fully up: route everything to it, then it is the stable
-            st["stable"], st["canary"], st["canary_weight_pct"] = canary.to_json(), None, 0
+            st["stable"], st["canary"], st["canary_weight_pct"] = canary.to_dict(), None, 0
             st["canary_owner"] = None
             self._apply(st)
             if old:
@@ -260,7 +260,7 @@ class LocalProcessTarget:
     def health(self) -> ServingHealth:
         """Which recorded processes run now: a read of state.json and /proc, no lock, no HTTP."""
         st = self._read()
-        stable, canary = Backend.from_json(st.get("stable")), Backend.from_json(st.get("canary"))
+        stable, canary = Backend.from_dict(st.get("stable")), Backend.from_dict(st.get("canary"))
         router = st.get("router")
         return ServingHealth(
             stable=None if stable is None else self._backend_alive(stable),
@@ -277,11 +277,11 @@ class LocalProcessTarget:
         """
         done: list[str] = []
         with self._locked() as st:
-            stable = Backend.from_json(st.get("stable"))
+            stable = Backend.from_dict(st.get("stable"))
             if stable is not None and not self._backend_alive(stable):
                 model = ModelRef(stable.name, stable.version, Path(stable.model_path), stable.image_digest)
                 new = self._start_backend(model, "stable", 60.0, port=stable.port)
-                st["stable"] = new.to_json()
+                st["stable"] = new.to_dict()
                 self._write(st)
                 done.append(f"stable v{stable.version} (pid {stable.pid} -> {new.pid})")
                 if st.get("router") and pid_alive(st["router"]["pid"], st["router"].get("pid_start_ticks")):
@@ -339,7 +339,7 @@ class LocalProcessTarget:
         )
 
     def _ensure_router(self, st: dict[str, Any]) -> None:
-        old = router.RouterProcess.from_json(st.get("router"))
+        old = router.RouterProcess.from_dict(st.get("router"))
         if old is not None and old.alive():
             return
         if not st.get("stable"):
@@ -353,7 +353,7 @@ class LocalProcessTarget:
             http_port=http_port,
             caddy_executable=self.caddy_executable,
         )
-        st["router"] = started.to_json()
+        st["router"] = started.to_dict()
         self._write(st)
         # the file with the ports the holder bound, for anyone reading it (the holder maps them anyway)
         router.write_config(self.state_dir, caddy.caddy_config(started.http_port, started.admin_port, self._split(st)))
@@ -429,7 +429,7 @@ class LocalProcessTarget:
     def _finish_retirements(self, st: dict[str, Any], drain: bool = True) -> None:
         """Drain (no request in flight) and stop every retired backend; survives being re-run."""
         for raw in list(st.get("retired", [])):
-            b = Backend.from_json(raw)
+            b = Backend.from_dict(raw)
             assert b is not None
             if drain:
                 self._drain(b)

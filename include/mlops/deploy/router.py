@@ -39,11 +39,11 @@ class RouterProcess:
     admin_port: int
     log_path: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any] | None) -> RouterProcess | None:
+    def from_dict(cls, d: dict[str, Any] | None) -> RouterProcess | None:
         return None if not d else cls(**{k: d.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
 
     @property

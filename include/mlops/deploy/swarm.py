@@ -449,7 +449,7 @@ class SwarmTarget:
         split = self._split(weight_pct, with_canary)
         if split is None:
             raise DeployError(f"no running replica of {self.model_name} to route to")
-        held = router.RouterProcess.from_json(self._router())
+        held = router.RouterProcess.from_dict(self._router())
         if held is None or not held.alive():
             http_port = held.http_port if held else 0
             held = router.start(
@@ -458,7 +458,7 @@ class SwarmTarget:
                 http_port=http_port,
                 caddy_executable=self.caddy_executable,
             )
-            self._router_path.write_text(json.dumps(held.to_json()))
+            self._router_path.write_text(json.dumps(held.to_dict()))
             router.write_config(self.state_dir, router_config(held.http_port, held.admin_port, split))
             return
         router.write_config(self.state_dir, router_config(held.http_port, held.admin_port, split))

@@ -72,7 +72,7 @@ class SwarmSampleSource:
             )
         keys = ("ts", "latency_ms", "status", "mean_prediction", "non_finite")
         rows = sorted(zip(*([x for p in parts for x in p.get(k, ())] for k in keys), strict=True), key=lambda r: r[0])
-        return Samples.from_json({k: [row[i] for row in rows] for i, k in enumerate(keys)})
+        return Samples.from_dict({k: [row[i] for row in rows] for i, k in enumerate(keys)})
 
 
 # Caddy's active checks give a server 400 ms (caddy.HEALTH_TIMEOUT): right for the local profile's

@@ -36,11 +36,11 @@ class Backend:
     log_path: str | None = None
     started_at_unix: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any] | None) -> Backend | None:
+    def from_dict(cls, d: dict[str, Any] | None) -> Backend | None:
         return None if d is None else cls(**d)
 
 

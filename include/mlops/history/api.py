@@ -84,7 +84,7 @@ def create_app(sources: HistorySources, *, dependencies: Sequence[Callable[..., 
     @app.get("/releases/{run_id}")
     def release(run_id: str) -> dict[str, Any]:
         """One release run's record."""
-        return record_of(_run(run_id), sources.versions(), sources.urls()).to_json()
+        return record_of(_run(run_id), sources.versions(), sources.urls()).to_dict()
 
     @app.get("/releases/{run_id}/canary.png", response_class=Response)
     def canary_plot(run_id: str) -> Response:

@@ -81,7 +81,7 @@ def history_page(
     start = (query.page - 1) * query.per_page
     page = chosen[start : start + query.per_page]
     return {
-        "releases": [record_of(r, versions, urls).to_json() for r in page],
+        "releases": [record_of(r, versions, urls).to_dict() for r in page],
         "page": query.page,
         "per_page": query.per_page,
         "total": len(chosen),

@@ -132,7 +132,7 @@ class ReleaseRecord:
     links: Links
     facts_missing: tuple[str, ...] = field(default=())  # what could not be read, and why
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 UTC (the page shows them in the UI's timezone)."""
         out = asdict(self)
         for key in ("started_at", "ended_at"):

@@ -529,17 +529,17 @@ def test_status_classes_errors_and_predictions():
 
 
 def test_samples_from_json_reads_each_field_and_defaults_to_empty():
-    s = Samples.from_json(
+    s = Samples.from_dict(
         {"ts": [1.0], "latency_ms": [2.5], "status": ["503"], "mean_prediction": [None], "non_finite": [1]}
     )
     assert s == Samples(ts=(1.0,), latency_ms=(2.5,), status=(503,), mean_prediction=(None,), non_finite=(True,))
-    assert Samples.from_json({}) == Samples()
+    assert Samples.from_dict({}) == Samples()
 
 
 def test_error_rates_and_to_json():
     a = analyse_canary_step(_side(_flat(40), errors=1), _side(_flat(50), errors=2), TH)
     assert a.error_rate_stable == 1 / 40 and a.error_rate_canary == 2 / 50
-    d = a.to_json()
+    d = a.to_dict()
     assert d["verdict"] == "pass" and d["n_stable"] == 40 and d["checks_run"][0] == "error_rate"
 
 

@@ -179,7 +179,7 @@ def test_a_good_canary_walks_every_step_one_interval_each_and_is_not_rolled_back
     # a pass needs the whole interval: 3 intervals of 5 ticks of 1 s, liveness checked on each tick
     assert clock.slept == [1.0] * 15 and target.health_calls == 15
     assert out.finished_at_unix >= out.started_at_unix and out.duration_s >= 0
-    assert out.to_json()["reason"] == "all 3 steps passed"
+    assert out.to_dict()["reason"] == "all 3 steps passed"
 
 
 def test_each_interval_has_four_early_checks_and_one_full_analysis() -> None:
@@ -543,7 +543,7 @@ def test_http_source_default_timeout() -> None:
 def test_http_source_answers_the_source_protocol_to_json_round_trip() -> None:
     # what a server's /samples returns is what Samples.from_json reads
     d = {"status": [200, 503], "latency_ms": [1.0, 2.0], "mean_prediction": [0.1, None], "ts": [0.0, 1.0]}
-    assert Samples.from_json(json.loads(json.dumps(d))).n_errors == 1
+    assert Samples.from_dict(json.loads(json.dumps(d))).n_errors == 1
 
 
 def test_the_restore_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> None:

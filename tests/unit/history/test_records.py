@@ -98,7 +98,7 @@ def test_a_rejected_approval_names_who_rejected_and_an_approved_one_who_approved
 
 def test_record_json_has_iso_utc_times_and_per_task_durations() -> None:
     out = assemble(_run(), _version(**{"validation.success": "False", "validation.expectations": "27"}),
-                   airflow_ui="", mlflow_ui=None, api_prefix="").to_json()  # fmt: skip
+                   airflow_ui="", mlflow_ui=None, api_prefix="").to_dict()  # fmt: skip
     assert out["started_at"] == "2026-12-01T03:00:00+00:00" and out["duration_s"] == 30.0
     assert out["task_durations_s"] == {"check_params": 2.0, "promote": 2.0}
     assert out["validation"] == "failed (27 expectations)"
