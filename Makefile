@@ -86,11 +86,11 @@ bench: $(VENV)/.installed-dev $(TRAIN_VENV)/.installed
 # Mutation testing of the decision modules: [tool.mutmut] in pyproject.toml lists the modules and their
 # unit tests. A fresh mutants/ each time: mutmut keeps old verdicts when only the tests changed.
 # MUTANTS: what is run and scored, one unit per glob: a module (pkg.mod.*) or one class of a module
-# (pkg.mod.x?Class?*: releasing.py's other task bodies need services, only its params validation is mutated).
+# (pkg.mod.x?Class?*: only that class's mutants).
 MUTATION_MIN ?= 85
 MUTATION_JOBS ?= $(shell nproc)
 MUTANTS ?= include.mlops.registry.gate.* include.mlops.routing.placement.* include.mlops.canary.analysis.* \
-	include.mlops.canary.runner.* include.mlops.data_quality.suite.* include.mlops.releasing.x?ReleaseParams?*
+	include.mlops.canary.runner.* include.mlops.data_quality.suite.* include.mlops.release_params.*
 mutation: $(VENV)/.installed-dev
 	rm -rf mutants && mkdir mutants
 	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(foreach m,$(MUTANTS),'$(m)') > mutants/run.log 2>&1 || { tail -40 mutants/run.log; exit 1; }

@@ -10,7 +10,7 @@ from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
 from include.mlops.airflow.alerts import ReleaseAlertNotifier
 from include.mlops.assets import MODEL_CHALLENGER_READY
-from include.mlops.releasing import MAX_ANALYSIS_S, MAX_STEPS, PARAM_MAXIMA
+from include.mlops.release_params import MAX_ANALYSIS_S, MAX_STEPS, PARAM_MAXIMA
 
 CHALLENGER_READY = Asset(MODEL_CHALLENGER_READY)
 MAX = PARAM_MAXIMA

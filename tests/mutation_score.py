@@ -6,8 +6,8 @@ that loops forever was caught); "no tests", "survived", "suspicious" and "not ch
 so a module whose tests never ran scores 0, not 100. Exits 1 when a module is below --min (percent).
 
 With patterns (the mutant names `make mutation` passes to `mutmut run`, fnmatch globs) only the mutants
-they match count, grouped by the first pattern that matches: "include.mlops.releasing.x?ReleaseParams?*"
-scores the ReleaseParams class alone (as "include.mlops.releasing.ReleaseParams"), not the module.
+they match count, grouped by the first pattern that matches: "include.mlops.pkg.mod.x?Class?*" scores the
+class Class alone (as "include.mlops.pkg.mod.Class"), not the module.
 """
 
 from __future__ import annotations

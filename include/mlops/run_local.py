@@ -106,8 +106,8 @@ def main() -> int:
         rc2, run2, _ = run_dag("release", conf)
         summary["release_run_id"] = run2.run_id if run2 else None
         summary["release_state"] = run2.state if run2 else "not started"
+        from include.mlops.deploy.factory import serving_target
         from include.mlops.deploy.local import LocalProcessTarget
-        from include.mlops.releasing import serving_target
 
         target = serving_target(settings)
         state = target.status()

@@ -111,7 +111,7 @@ def test_a_manual_rollback_needs_no_pool_slot_a_release_holds(dagbag) -> None:  
 def test_release_and_rollback_runs_and_every_task_are_time_bounded(dagbag) -> None:  # type: ignore[no-untyped-def]
     import datetime as dt
 
-    from include.mlops.releasing import MAX_ANALYSIS_S
+    from include.mlops.release_params import MAX_ANALYSIS_S
 
     for dag_id in ("release", "rollback"):
         dag = dagbag.dags[dag_id]

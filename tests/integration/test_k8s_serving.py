@@ -452,7 +452,7 @@ def test_an_unreachable_api_or_a_bad_kubeconfig_is_a_deploy_error_naming_it(tmp_
 
 
 def test_kubernetes_profile_serving_target_builds_a_kubernetes_target(tmp_path: Path) -> None:
-    from include.mlops.releasing import serving_target
+    from include.mlops.deploy.factory import serving_target
     from include.mlops.settings.project import ProjectSettings
 
     s = ProjectSettings(

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from include.mlops import releasing
+from include.mlops.deploy.factory import serving_target
 from include.mlops.deploy.local import LocalProcessTarget
 from include.mlops.deploy.process import pid_alive
 from include.mlops.deploy.target import ModelRef
@@ -240,7 +241,7 @@ def test_each_model_name_is_served_from_its_own_target(world: World) -> None:
 
 def test_a_model_name_that_cannot_name_a_serving_folder_is_refused(world: World) -> None:
     with pytest.raises(InvalidReleaseParams, match=r"model_name='\.\./escape'"):
-        releasing.serving_target(world.settings, "../escape")
+        serving_target(world.settings, "../escape")
 
 
 # ---- item 10: promotion interrupted between the serving switch and the alias ------------------

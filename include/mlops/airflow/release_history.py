@@ -148,10 +148,10 @@ def retrain_facts(dag_id: str = RETRAIN_DAG_ID) -> RetrainFacts:
 def serving_facts(models: set[str]) -> dict[str, ServingFacts]:
     """Per model: MLflow's champion and the serving target's canary weight (left out when unknown)."""
     from include.mlops.airflow.config import project_settings
+    from include.mlops.deploy.factory import serving_target
     from include.mlops.errors import MlopsError
     from include.mlops.history.metrics import ServingFacts
     from include.mlops.registry.mlflow_registry import CHAMPION, MlflowRegistry
-    from include.mlops.releasing import serving_target
 
     settings = project_settings()
     registry = MlflowRegistry(settings.mlflow_tracking_uri)

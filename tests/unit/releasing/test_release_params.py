@@ -9,7 +9,7 @@ import pytest
 
 from include.mlops import releasing
 from include.mlops.errors import InvalidReleaseParams
-from include.mlops.releasing import ReleaseParams
+from include.mlops.release_params import ReleaseParams
 
 
 @pytest.mark.parametrize("value", [1e9, 20000, 601])
