@@ -36,6 +36,8 @@ TRAINING_FINGERPRINT_TAG = "training.fingerprint"
 # encoding and the pinned training requirements. A change to any of them is a different training.
 TRAINING_CODE = (
     "include/mlops/training/train.py",
+    "include/mlops/training/checkpoint.py",
+    "include/mlops/training/export.py",
     "include/mlops/training/config.py",
     "include/mlops/data/features.py",
     "include/mlops/data/schema.py",

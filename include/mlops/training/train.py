@@ -19,7 +19,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +32,16 @@ from include.mlops.data.schema import (
     N_FEATURES,
     NUMERIC_FEATURES,
 )
-from include.mlops.errors import BatchReadError, MlopsError
+from include.mlops.errors import BatchReadError
 from include.mlops.evaluation.metrics import HoldoutMetrics, binary_metrics
+from include.mlops.training.checkpoint import (
+    CheckpointMismatch,
+    CheckpointRefused,
+    load_checkpoint,
+    numpy_rng_state,
+    save_checkpoint,
+    set_numpy_rng_state,
+)
 from include.mlops.training.config import (
     CHECKPOINT_FILE,
     INPUT_EXAMPLE_FILE,
@@ -43,26 +50,14 @@ from include.mlops.training.config import (
     InvalidTrainConfig,
     TrainConfig,
 )
+from include.mlops.training.export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, check_onnx, export_onnx, predict_proba
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     import torch
 
-INPUT_NAME = "features"
-OUTPUT_NAME = "probability"
-ONNX_OPSET = 18
-ONNX_CHECK_ATOL = 1e-4
 N_INPUT_EXAMPLES = 5
-_EVAL_BATCH_ROWS = 65_536
-
-
-class CheckpointMismatch(MlopsError):
-    """The checkpoint in checkpoint_dir was written by a run with different settings."""
-
-
-class CheckpointRefused(MlopsError):
-    """The checkpoint holds something other than tensors and plain data: it is not loaded."""
 
 
 def log(msg: str) -> None:
@@ -159,21 +154,6 @@ def build_model(n_features: int, hidden_units: tuple[int, ...], mean: Any, *, st
     return FraudMLP()
 
 
-def with_probability_output(model: torch.nn.Module) -> torch.nn.Module:
-    """The logit model plus a sigmoid, output [batch, 1]: the graph that gets exported."""
-    import torch
-
-    class ProbabilityModel(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, features: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(self.model(features)).unsqueeze(-1)
-
-    return ProbabilityModel()
-
-
 def normalisation(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import numpy as np
 
@@ -182,72 +162,6 @@ def normalisation(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # A constant column (e.g. a category absent from this batch) would divide by zero.
     std = np.where(std < 1e-6, 1.0, std)
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write then rename: a kill mid-write leaves the previous checkpoint intact."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Leftovers of writers killed mid-save are garbage (the rename never happened).
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def numpy_rng_state() -> dict[str, Any]:
-    """numpy's global RNG state in checkpoint-safe form (a tensor and plain numbers)."""
-    import numpy as np
-    import torch
-
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "kind": str(kind),
-        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "cached_gaussian": float(cached),
-    }
-
-
-def set_numpy_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    keys = state["keys"].numpy().astype(np.uint32)
-    np.random.set_state((state["kind"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
-
-
-def load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any] | None:
-    import pickle
-
-    import torch
-
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointRefused(
-            f"checkpoint {path} holds more than tensors and plain data, so it is not loaded (weights_only): "
-            f"{first}. It was not written by this trainer (or was altered); delete it to train from scratch"
-        ) from exc
-    if not isinstance(state, dict):
-        raise CheckpointRefused(f"checkpoint {path} is a {type(state).__name__}, not a checkpoint dict; delete it")
-    if state.get("resume_key") != config.resume_key():
-        raise CheckpointMismatch(
-            f"checkpoint {path} was written for settings {state.get('resume_key')}, this run has "
-            f"{config.resume_key()}: use a new checkpoint_dir or delete the old checkpoint"
-        )
-    return state
 
 
 # --------------------------------------------------------------------------- training
@@ -261,62 +175,6 @@ def resolve_device(requested: str) -> torch.device:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidTrainConfig(f"device={requested!r} but CUDA is not available here; use 'auto' or 'cpu'")
     return torch.device(requested)
-
-
-def predict_proba(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        parts = [
-            torch.sigmoid(model(x[i : i + _EVAL_BATCH_ROWS]).float()).cpu() for i in range(0, len(x), _EVAL_BATCH_ROWS)
-        ]
-    scores: np.ndarray = torch.cat(parts).numpy()
-    return scores
-
-
-def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor) -> None:
-    import torch
-
-    model = model.cpu().eval()
-    exported = with_probability_output(model).eval()
-    tmp = path.with_name(f".{path.name}.tmp")
-    # The TorchScript exporter (dynamo=False) exports this plain MLP exactly in ~0.5 s;
-    # dynamo=True also works offline with torch 2.13 + onnxscript but takes ~5 s more per run.
-    # Its deprecation warning is expected with that choice, so it is not shown in task logs.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            exported,
-            (example.cpu(),),
-            str(tmp),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-        )
-    os.replace(tmp, path)
-
-
-def check_onnx(path: Path, model: torch.nn.Module, x: np.ndarray) -> dict[str, Any]:
-    """Compare ONNX Runtime with torch on real rows; raises if they disagree beyond atol."""
-    import numpy as np
-    import torch
-
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return {"checked": False, "reason": "onnxruntime not installed in the training env"}
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0].reshape(-1)
-    want = predict_proba(model.cpu(), torch.from_numpy(x))
-    diff = float(np.max(np.abs(got - want))) if len(x) else 0.0
-    if not diff <= ONNX_CHECK_ATOL:
-        raise RuntimeError(
-            f"exported ONNX model disagrees with torch by {diff:.3g} (> {ONNX_CHECK_ATOL}) on {len(x)} rows"
-        )
-    return {"checked": True, "rows": len(x), "max_abs_diff": diff, "atol": ONNX_CHECK_ATOL}
 
 
 def input_example_records(rows: pd.DataFrame) -> list[dict[str, Any]]:
