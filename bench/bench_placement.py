@@ -3,180 +3,28 @@
 Static packing (GPU allocation rate at saturation, plus the exact MILP optimum on a small
 instance), a dynamic simulation with bind delay (JCT, p95 queueing), and decision latency on
 500 nodes. Workloads come from bench/gpu_trace_params.json (Alibaba 2023 + Philly stats).
-Run: PYTHONPATH=. python bench/bench_placement.py [--quick]
+Run: PYTHONPATH=. python bench/bench_placement.py [--quick] [--variants] [--seeds N]
+--quick: 300 tasks per dynamic run instead of 600, 2 seeds of static packing at 100 nodes.
+--variants: also the router with one rule changed (bench/placement_sim.py VARIANTS), to measure each.
+Prints one table, every policy side by side, then a line saying which of issue 16's targets hold.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import json
+import argparse
 import random
-import sys
+import statistics
 import time
-from pathlib import Path
 
+from bench.placement_sim import BASELINES, PARAMS, VARIANTS, Cluster, choose, make_task, simulate
 from include.mlops.errors import PlacementError
-from include.mlops.routing.model import CapacitySnapshot, NodeCapacity, Placement, TaskRequest
+from include.mlops.routing.model import TaskRequest
 from include.mlops.routing.placement import place_task, type_rank
 
-PARAMS = json.loads((Path(__file__).parent / "gpu_trace_params.json").read_text())
-# node shapes after the trace's GPU nodes (8-GPU V100/P100-class boxes dominate; T4/A10 boxes smaller);
-# (gpu_type, gpus, cpu cores, memory GiB, share of nodes): an approximation, the node list is not in the params
-NODE_SHAPES = [
-    ("V100M32", 8, 96, 720, 0.30),
-    ("G2", 8, 96, 384, 0.30),
-    ("T4", 2, 96, 384, 0.2),
-    ("A10", 1, 128, 512, 0.2),
-]
-TYPES = [s[0] for s in NODE_SHAPES]
+LOADS = (0.6, 0.8, 0.95)
 
 
-def _pct(r: random.Random, p10_50_90_99: list[float]) -> float:
-    u = r.random()
-    pts = [
-        (0.0, p10_50_90_99[0] * 0.5),
-        (0.1, p10_50_90_99[0]),
-        (0.5, p10_50_90_99[1]),
-        (0.9, p10_50_90_99[2]),
-        (0.99, p10_50_90_99[3]),
-        (1.0, p10_50_90_99[3]),
-    ]
-    for (u0, v0), (u1, v1) in itertools.pairwise(pts):
-        if u <= u1:
-            return v0 + (v1 - v0) * (u - u0) / (u1 - u0)
-    return pts[-1][1]
-
-
-def make_task(r: random.Random, i: int) -> TaskRequest:
-    shares = PARAMS["class_share_all_pods"]
-    u = r.random()
-    gpu_count, gpu_milli, cls = 0, 0, "cpu_only"
-    if u < shares["fractional_gpu"]:
-        sizes = PARAMS["fractional_milli_top12"]
-        gpu_milli, cls = int(r.choices(list(sizes), weights=list(sizes.values()))[0]), "fractional"
-    elif u < shares["fractional_gpu"] + shares["one_gpu"]:
-        gpu_count, cls = 1, "one_gpu"
-    elif u < 1 - shares["cpu_only"]:
-        multi = shares["multi_gpu"]
-        gpu_count, cls = int(r.choices(list(multi), weights=list(multi.values()))[0]), "multi_gpu"
-    cpu = _pct(r, PARAMS[f"{cls}_cpu_cores_p10_50_90_99"])
-    mem = _pct(r, PARAMS[f"{cls}_mem_gib_p10_50_90_99"])
-    if cls == "multi_gpu":  # the class pools 2..8-GPU pods; scale per GPU
-        cpu, mem = cpu * gpu_count / 8, mem * gpu_count / 8
-    # 30 % of GPU tasks accept only one or two types (the trace's gpu_spec constraints)
-    types: tuple[str, ...] = ()
-    if (gpu_count or gpu_milli) and r.random() < 0.3:
-        types = tuple(r.sample(TYPES, r.choice([1, 2])))
-    return TaskRequest(
-        task_key=f"t{i}",
-        gpu_count=gpu_count,
-        gpu_milli=gpu_milli,
-        gpu_types=types,
-        cpu_millicores=max(100, int(cpu * 1000)),
-        memory_mib=max(128, int(mem * 1024)),
-    )
-
-
-class Cluster:
-    """Mutable simulated cluster; device-level milli accounting like the trace's sharing scheduler."""
-
-    def __init__(self, n_nodes: int, seed: int) -> None:
-        r = random.Random(seed)
-        self.types, self.free, self.cpu, self.mem, self.total_gpu = [], [], [], [], 0
-        for _ in range(n_nodes):
-            t, g, c, m, _share = r.choices(NODE_SHAPES, weights=[s[4] for s in NODE_SHAPES])[0]
-            self.types.append(t)
-            self.free.append([1000] * g)
-            self.cpu.append(c * 1000)
-            self.mem.append(m * 1024)
-            self.total_gpu += g * 1000
-        self._cache: dict[int, NodeCapacity] = {}
-
-    def copy(self) -> Cluster:
-        c = Cluster.__new__(Cluster)
-        c.types, c.total_gpu = self.types, self.total_gpu
-        c.free, c.cpu, c.mem = [f[:] for f in self.free], self.cpu[:], self.mem[:]
-        c._cache = {}
-        return c
-
-    def fits(self, n: int, t: TaskRequest) -> list[int] | None:
-        """Devices the task can take on node n (first fit inside the node), or None."""
-        if self.cpu[n] < t.cpu_millicores or self.mem[n] < t.memory_mib:
-            return None
-        if t.needs_gpu and type_rank(t.gpu_types, self.types[n]) is None:
-            return None
-        if t.gpu_count:
-            full = [i for i, f in enumerate(self.free[n]) if f == 1000]
-            return full[: t.gpu_count] if len(full) >= t.gpu_count else None
-        if t.gpu_milli:
-            for i, f in enumerate(self.free[n]):
-                if f >= t.gpu_milli:
-                    return [i]
-            return None
-        return []
-
-    def take(self, n: int, t: TaskRequest, devs: list[int], sign: int = 1) -> None:
-        for i in devs:
-            self.free[n][i] -= sign * (1000 if t.gpu_count else t.gpu_milli)
-        self.cpu[n] -= sign * t.cpu_millicores
-        self.mem[n] -= sign * t.memory_mib
-        self._cache.pop(n, None)
-
-    def snapshot(self) -> CapacitySnapshot:
-        nodes = []
-        for n in range(len(self.types)):
-            node = self._cache.get(n)
-            if node is None:
-                node = NodeCapacity(
-                    name=f"n{n:04d}",
-                    node_pool=self.types[n],
-                    gpu_type=self.types[n],
-                    gpu_sharing="milli",
-                    gpu_free_milli=tuple(self.free[n]),
-                    cpu_free_millicores=self.cpu[n],
-                    memory_free_mib=self.mem[n],
-                )
-                self._cache[n] = node
-            nodes.append(node)
-        return CapacitySnapshot(tuple(nodes), "sim")
-
-    def gpu_used(self) -> int:
-        return self.total_gpu - sum(sum(f) for f in self.free)
-
-
-def choose(policy: str, c: Cluster, t: TaskRequest, r: random.Random) -> tuple[int, list[int]] | None:
-    if policy == "router":
-        try:
-            d = place_task(t, c.snapshot())
-        except PlacementError:
-            return None
-        if not isinstance(d, Placement):
-            return None
-        return int(d.node_name[1:]), [i for i, _ in d.claim.gpu_milli_by_device]
-    options = [(n, devs) for n in range(len(c.types)) if (devs := c.fits(n, t)) is not None]
-    if not options:
-        return None
-    if policy == "random":
-        return r.choice(options)
-    if policy == "first-fit":
-        return options[0]
-    if policy == "spread":  # kube-scheduler LeastAllocated: most free GPU share, then CPU
-        return max(options, key=lambda o: (sum(c.free[o[0]]) / max(1, 1000 * len(c.free[o[0]])), c.cpu[o[0]]))
-    if policy == "best-fit":  # least GPU left on the node, best-fit device for fractions
-        best = min(options, key=lambda o: (sum(c.free[o[0]]), c.cpu[o[0]]))
-        n = best[0]
-        if t.gpu_milli:
-            dev = min((f - t.gpu_milli, i) for i, f in enumerate(c.free[n]) if f >= t.gpu_milli)[1]
-            return n, [dev]
-        return best
-    raise ValueError(policy)
-
-
-POLICIES = ["random", "first-fit", "spread", "best-fit", "router"]
-
-
-def static_packing(n_nodes: int, seed: int) -> tuple[dict[str, float], list[TaskRequest], Cluster]:
+def static_packing(n_nodes: int, seed: int, policies: list[str]) -> tuple[dict[str, float], list[TaskRequest], Cluster]:
     base = Cluster(n_nodes, seed)
     r = random.Random(seed + 1)
     tasks, demand, i = [], 0, 0
@@ -186,10 +34,11 @@ def static_packing(n_nodes: int, seed: int) -> tuple[dict[str, float], list[Task
         demand += t.gpu_demand_milli
         i += 1
     out = {}
-    for p in POLICIES:
+    for p in policies:
         c, pr = base.copy(), random.Random(seed + 2)
+        cfg = VARIANTS[p].config if p in VARIANTS else VARIANTS["router"].config
         for t in tasks:
-            ch = choose(p, c, t, pr)
+            ch = choose(p, c, t, pr, cfg)
             if ch:
                 c.take(ch[0], t, ch[1])
         out[p] = 100.0 * c.gpu_used() / c.total_gpu
@@ -289,9 +138,7 @@ def milp_optimum(tasks: list[TaskRequest], c: Cluster, time_limit_s: float = 60)
     return best, bound, res.status == 0
 
 
-def dynamic(n_nodes: int, load: float, n_tasks: int, seed: int) -> dict[str, dict[str, float]]:
-    import numpy as np
-
+def dynamic(n_nodes: int, load: float, n_tasks: int, seed: int, policies: list[str]) -> dict[str, dict[str, float]]:
     r = random.Random(seed)
     base = Cluster(n_nodes, seed)
     tasks = [make_task(r, i) for i in range(n_tasks)]
@@ -304,65 +151,7 @@ def dynamic(n_nodes: int, load: float, n_tasks: int, seed: int) -> dict[str, dic
         now += r.expovariate(rate)
         arrivals.append(now)
     binds = [r.uniform(5, 30) for _ in tasks]
-    out = {}
-    for p in POLICIES:
-        c, seen, pr = base.copy(), base.copy(), random.Random(seed + 7)
-        # `c` is the truth; `seen` is what a scheduler observes (bound pods only) unless it reserves
-        ev = [(a, 0, i) for i, a in enumerate(arrivals)]
-        heapq.heapify(ev)
-        queue: list[int] = []
-        start, finish = {}, {}
-        idle_wait_s, last_t = 0.0, 0.0
-        placed_at: dict[int, tuple[int, list[int]]] = {}
-        violations = 0
-        while ev:
-            t_now, kind, i = heapq.heappop(ev)
-            if queue:
-                smallest = min(tasks[j].gpu_demand_milli for j in queue)
-                if c.total_gpu - c.gpu_used() >= smallest > 0:
-                    idle_wait_s += t_now - last_t
-            last_t = t_now
-            if kind == 0:
-                queue.append(i)
-            elif kind == 1:  # bind: the pod lands only if the node really has room now
-                n, devs = placed_at[i]
-                ok = all(c.free[n][d] >= (1000 if tasks[i].gpu_count else tasks[i].gpu_milli) for d in devs)
-                ok = ok and c.cpu[n] >= tasks[i].cpu_millicores and c.mem[n] >= tasks[i].memory_mib
-                if p == "router":
-                    seen.take(n, tasks[i], devs, sign=-1)  # reservation converts into the bound pod
-                if ok:
-                    c.take(n, tasks[i], devs)
-                    seen.take(n, tasks[i], devs)
-                    start[i] = t_now
-                    heapq.heappush(ev, (t_now + dur[i], 2, i))
-                else:
-                    queue.insert(0, i)  # scheduling conflict: back to the head of the queue
-            else:
-                n, devs = placed_at[i]
-                c.take(n, tasks[i], devs, sign=-1)
-                seen.take(n, tasks[i], devs, sign=-1)
-                finish[i] = t_now
-            for j in list(queue[:8]):  # FIFO with a small backfill window
-                ch = choose(p, seen, tasks[j], pr)
-                if ch is None:
-                    continue
-                n, devs = ch
-                if tasks[j].needs_gpu and type_rank(tasks[j].gpu_types, c.types[n]) is None:
-                    violations += 1
-                queue.remove(j)
-                placed_at[j] = ch
-                if p == "router":
-                    seen.take(n, tasks[j], devs)  # the reservation: visible to the next decision at once
-                heapq.heappush(ev, (t_now + binds[j], 1, j))
-        qd = np.array([start[i] - arrivals[i] for i in start])
-        jct = np.array([finish[i] - arrivals[i] for i in finish])
-        out[p] = {
-            "jct_mean_s": float(jct.mean()),
-            "queue_p95_s": float(np.percentile(qd, 95)),
-            "type_violations": violations,
-            "idle_while_waiting_min": idle_wait_s / 60,
-        }
-    return out
+    return {p: simulate(p, base, tasks, arrivals, dur, binds, seed=seed) for p in policies}
 
 
 def latency(n_nodes: int, n: int = 300) -> tuple[float, float]:
@@ -389,44 +178,92 @@ def latency(n_nodes: int, n: int = 300) -> tuple[float, float]:
     return router_ms, ff_ms
 
 
+def _cell(values: list[float], fmt: str = ".0f") -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):{fmt}}±{sd:{fmt}}"
+
+
 def main() -> None:
-    quick = "--quick" in sys.argv
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--variants", action="store_true")
+    ap.add_argument("--seeds", type=int, default=5, help="dynamic-run seeds per load (issue 16: at least 5)")
+    ap.add_argument("--no-static", action="store_true", help="skip static packing and the MILP")
+    args = ap.parse_args()
+    policies = [*BASELINES, "router"] + ([v for v in VARIANTS if v != "router"] if args.variants else [])
     t_start = time.perf_counter()
-    print("== static packing: GPU allocation % when demand first exceeds capacity (mean of seeds) ==")
-    for n_nodes, seeds in ((12, range(3)), (100, range(2 if quick else 3))):
-        acc: dict[str, list[float]] = {p: [] for p in POLICIES}
-        opt: list[tuple[float, float, bool]] = []
-        for s in seeds:
-            res, tasks, base = static_packing(n_nodes, s)
-            for p, v in res.items():
-                acc[p].append(v)
-            if n_nodes <= 12:
-                opt.append(milp_optimum(tasks, base))
-        row = {p: sum(v) / len(v) for p, v in acc.items()}
-        line = "  ".join(f"{p}={v:5.1f}" for p, v in row.items())
-        if opt:
-            o = sum(b for b, _, _ in opt) / len(opt)
-            bound = sum(u for _, u, _ in opt) / len(opt)
-            proven = "proven" if all(ok for _, _, ok in opt) else f"NOT proven, bound {bound:5.1f}"
-            line += f"  milp-optimum={o:5.1f} ({proven})  router-gap={o - row['router']:4.1f} pts"
-            line += "  per seed " + ", ".join(f"{acc['router'][i]:.1f}/{b:.1f}" for i, (b, _, _) in enumerate(opt))
-        print(f"{n_nodes:4d} nodes: {line}  router/spread={row['router'] / row['spread']:.3f}")
-    print("== dynamic: arrivals at offered load, bind delay 5-30 s, FIFO + backfill window 8 ==")
-    for load in (0.6, 0.8, 0.95):
-        res = dynamic(30, load, 300 if quick else 600, seed=11)
-        for p in POLICIES:
-            m = res[p]
-            print(
-                f"load {load:.2f} {p:9s} jct_mean={m['jct_mean_s']:8.0f}s queue_p95={m['queue_p95_s']:8.0f}s "
-                f"type_violations={m['type_violations']} idle_while_waiting={m['idle_while_waiting_min']:7.1f}min"
-            )
-        ratio = res["router"]["queue_p95_s"] / max(1e-9, res["spread"]["queue_p95_s"])
-        print(f"load {load:.2f} router p95 queueing / spread = {ratio:.2f} ({(1 - ratio) * 100:+.0f} % lower)")
+    static: dict[int, dict[str, list[float]]] = {}
+    opt: list[tuple[float, float, bool]] = []
+    if not args.no_static:
+        for n_nodes, seeds in ((12, range(3)), (100, range(2 if args.quick else 3))):
+            static[n_nodes] = {p: [] for p in policies}
+            for s in seeds:
+                res, tasks, base = static_packing(n_nodes, s, policies)
+                for p, v in res.items():
+                    static[n_nodes][p].append(v)
+                if n_nodes <= 12:
+                    opt.append(milp_optimum(tasks, base))
+    n_tasks = 300 if args.quick else 600
+    dyn: dict[float, dict[str, dict[str, list[float]]]] = {}
+    for load in LOADS:
+        dyn[load] = {p: {} for p in policies}
+        for seed in range(11, 11 + args.seeds):
+            for p, m in dynamic(30, load, n_tasks, seed, policies).items():
+                for k, v in m.items():
+                    dyn[load][p].setdefault(k, []).append(v)
     r_ms, ff_ms = latency(500)
+
     print(
-        f"== decision latency, 500 nodes: router {r_ms:.2f} ms  first-fit {ff_ms:.2f} ms  ratio {r_ms / ff_ms:.1f}x =="
+        f"== {args.seeds} seeds x {n_tasks} tasks on 30 nodes per load, bind delay 5-30 s, FIFO + backfill window 8;"
+        " mean±sd over seeds; q95 = p95 queueing s, jct = mean JCT s, idle = min some waiting task fit on one"
+        " node (truth minus binds in flight); static = GPU allocation % at saturation =="
     )
+    head = ["policy", "static12", "static100"]
+    for load in LOADS:
+        head += [f"q95@{load}", f"jct@{load}", f"idle@{load}"]
+    head.append("type_viol")
+    rows = []
+    for p in policies:
+        row = [p]
+        for n in (12, 100):
+            row.append(_cell(static[n][p], ".1f") if static else "-")
+        viol = 0.0
+        for load in LOADS:
+            m = dyn[load][p]
+            row += [_cell(m["queue_p95_s"]), _cell(m["jct_mean_s"]), _cell(m["idle_while_waiting_min"], ".1f")]
+            viol += sum(m["type_violations"])
+        row.append(f"{viol:.0f}")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+    holds: list[str] = []
+    fails: list[str] = []
+
+    def target(name: str, ok: bool) -> None:
+        (holds if ok else fails).append(name)
+
+    for load in LOADS:
+        for k, label in (("queue_p95_s", "p95 queueing"), ("jct_mean_s", "mean JCT")):
+            best_p = min(BASELINES, key=lambda b: statistics.fmean(dyn[load][b][k]))
+            best = statistics.fmean(dyn[load][best_p][k])
+            mine = statistics.fmean(dyn[load]["router"][k])
+            ok = mine < best if load == max(LOADS) else mine <= best
+            rel = "<" if load == max(LOADS) else "<="
+            target(f"{label}@{load} {mine:.0f} {rel} {best_p} {best:.0f}", ok)
+    if static:
+        s100 = statistics.fmean(static[100]["router"])
+        target(f"static100 {s100:.1f} >= 95.4 %", s100 >= 95.4)
+        o = statistics.fmean(b for b, _, _ in opt)
+        gap = o - statistics.fmean(static[12]["router"])
+        proven = all(ok for _, _, ok in opt)
+        target(f"static12 gap {gap:.1f} <= 2 pts of {'proven' if proven else 'UNPROVEN'} optimum {o:.1f}",
+               gap <= 2.0 and proven)  # fmt: skip
+    target(f"latency@500 {r_ms:.2f} < 5 ms (first-fit {ff_ms:.2f})", r_ms < 5.0)
+    target("zero type violations", all(sum(dyn[ld]["router"]["type_violations"]) == 0 for ld in LOADS))
     print(f"bench runtime {time.perf_counter() - t_start:.0f} s")
+    summary = f"TARGETS: {len(holds)}/{len(holds) + len(fails)} hold. HOLD: {'; '.join(holds)}."
+    print(f"{summary} FAIL: {'; '.join(fails) or 'none'}")
 
 
 if __name__ == "__main__":
