@@ -9,20 +9,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from include.mlops.deploy import caddy, router
-from include.mlops.deploy.process import log_tail, pid_alive, start_ticks, stop_process_group
+from include.mlops.deploy import caddy, model_server, router
+from include.mlops.deploy.process import log_tail, pid_alive, stop_process_group
 from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
-from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
-
-SERVER_MODULE = "include.mlops.serving.server"
+from include.mlops.errors import DeployError, ServingBusy
 
 
 class LocalProcessTarget:
@@ -360,71 +355,16 @@ class LocalProcessTarget:
         self._event("router_started", pid=started.pid, http_port=started.http_port, admin_port=started.admin_port)
 
     def _start_backend(self, model: ModelRef, role: str, ready_timeout_s: float, port: int | None = None) -> Backend:
-        model_path = Path(model.model_path)
-        if not model_path.is_file():
-            raise DeployError(f"model file {model_path} of {model.name} v{model.version} does not exist")
-        # the socket is bound here and handed to the server (--fd): its port is known before the server
-        # starts, and no other process can take it in between. A restarted stable takes its old port
-        # back if it is free (the router's config stays valid), else a new one.
-        sock = _listen(port or 0)
-        port = int(sock.getsockname()[1])
-        log_path = self.state_dir / f"server-{role}-v{model.version}-{port}.log"
-        cmd = [
-            self.python_executable, "-m", SERVER_MODULE,
-            "--model", str(model_path.resolve()),
-            "--fd", str(sock.fileno()),
-            "--model-name", model.name,
-            "--model-version", str(model.version),
-            "--graceful-shutdown-s", str(self.drain_timeout_s),
-        ]  # fmt: skip
-        if model.image_digest:
-            cmd += ["--image-digest", model.image_digest]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(self.project_root), os.environ.get("PYTHONPATH")])),
-        }
-        with sock, open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(sock.fileno(),),
-                start_new_session=True, cwd=str(self.project_root), env=env,
-            )  # fmt: skip
-        backend = Backend(
-            name=model.name,
-            version=str(model.version),
-            url=f"http://127.0.0.1:{port}",
-            model_path=str(model_path.resolve()),
-            image_digest=model.image_digest,
+        return model_server.start(
+            model,
+            role,
+            state_dir=self.state_dir,
+            python_executable=self.python_executable,
+            project_root=self.project_root,
+            drain_timeout_s=self.drain_timeout_s,
+            ready_timeout_s=ready_timeout_s,
             port=port,
-            pid=proc.pid,
-            pid_start_ticks=start_ticks(proc.pid),
-            log_path=str(log_path),
-            started_at_unix=time.time(),
         )
-        outcome = self._wait_ready(proc, backend, ready_timeout_s)
-        if outcome != "ready":
-            stop_process_group(proc.pid, backend.pid_start_ticks, grace_s=2.0)
-            raise BackendNotReady(f"{role} {model.name} v{model.version} did not become ready: {outcome}")
-        return backend
-
-    def _wait_ready(self, proc: subprocess.Popen[bytes], b: Backend, timeout_s: float) -> str:
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    return f"server exited with {proc.returncode}. Log tail:\n{log_tail(b.log_path)}"
-                try:
-                    r = client.get(f"{b.url}/health/ready")
-                    if r.status_code == 200:
-                        return "ready"
-                    body = r.json()
-                    if body.get("status") == "failed":
-                        return f"model failed to load: {body.get('load_error')}"
-                except (httpx.HTTPError, ValueError):
-                    pass
-                time.sleep(0.05)
-        return f"not ready within {timeout_s:g} s. Log tail:\n{log_tail(b.log_path)}"
 
     def _finish_retirements(self, st: dict[str, Any], drain: bool = True) -> None:
         """Drain (no request in flight) and stop every retired backend; survives being re-run."""
@@ -432,45 +372,14 @@ class LocalProcessTarget:
             b = Backend.from_dict(raw)
             assert b is not None
             if drain:
-                self._drain(b)
+                model_server.drain(b, self.drain_timeout_s)
             stop_process_group(b.pid, b.pid_start_ticks, grace_s=self.drain_timeout_s + 5.0)
             st["retired"].remove(raw)
             self._write(st)
             self._event("stopped", version=b.version, pid=b.pid)
-
-    def _drain(self, b: Backend) -> None:
-        """Wait until the router has no request left on this backend (bounded by drain_timeout_s)."""
-        import httpx
-
-        deadline = time.monotonic() + self.drain_timeout_s
-        # the router may have handed the request over a moment before the server counts it
-        time.sleep(0.05)
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline and self._backend_alive(b):
-                try:
-                    if client.get(f"{b.url}/info").json().get("in_flight", 0) <= 0:
-                        return
-                except (httpx.HTTPError, ValueError):
-                    return
-                time.sleep(0.02)
 
 
 def _describe_owner(owner: dict[str, Any] | None) -> str:
     if not owner:
         return "(owner not recorded)"
     return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}"
-
-
-def _listen(port: int) -> socket.socket:
-    """A listening socket on 127.0.0.1:port; on a taken port (a restore's old one), any free port."""
-    for p in dict.fromkeys((port, 0)):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", p))
-        except OSError:
-            sock.close()
-            continue
-        sock.listen(1024)
-        return sock
-    raise DeployError("no free port on 127.0.0.1 for a model server")
