@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from include.mlops.errors import InvalidHistoryQuery, MlopsError
+from include.mlops.guarded_app import guarded_app
 from include.mlops.history.query import MAX_PER_PAGE, HistoryQuery, Urls, VersionSource, history_page, record_of
 from include.mlops.history.records import ReleaseRunFacts
 
@@ -38,28 +39,15 @@ class HistorySources:
 
 
 def create_app(sources: HistorySources, *, dependencies: Sequence[Callable[..., Any]] = ()) -> FastAPI:
-    from fastapi import Depends, FastAPI, HTTPException, Query
+    from fastapi import HTTPException, Query
     from fastapi.responses import HTMLResponse, Response
 
-    app = FastAPI(
-        title="Release history",
-        description="One record per release of the release DAG: what was released, what it was made from, "
+    app = guarded_app(
+        "Release history",
+        "One record per release of the release DAG: what was released, what it was made from, "
         "what the canary measured, the verdict and why. Read from Airflow and MLflow on each request.",
-        dependencies=[Depends(d) for d in dependencies],
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+        dependencies,
     )
-
-    @app.get("/openapi.json", include_in_schema=False)
-    def openapi() -> dict[str, Any]:
-        return app.openapi()
-
-    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
-    def docs() -> HTMLResponse:
-        from fastapi.openapi.docs import get_swagger_ui_html
-
-        return get_swagger_ui_html(openapi_url="openapi.json", title="Release history API")
 
     @app.get("/releases")
     def releases(

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.errors import MlopsError, PlacementError
+from include.mlops.guarded_app import guarded_app
 from include.mlops.routing.model import TaskRequest
 
 if TYPE_CHECKING:
@@ -61,30 +62,10 @@ def create_app(
     ``dependencies`` guard every route, the UI page included (app level, so a route added later
     cannot ship unguarded).
     """
-    from fastapi import Body, Depends, FastAPI, HTTPException
+    from fastapi import Body, HTTPException
     from fastapi.responses import HTMLResponse
 
-    # FastAPI's own /docs and /openapi.json are plain routes that app-level dependencies do not
-    # guard: switch them off and serve both as API routes, behind the same auth as the rest.
-    app = FastAPI(
-        title="Resource router",
-        description="Where heavy tasks can run now, and why.",
-        dependencies=[Depends(d) for d in dependencies],
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
-
-    @app.get("/openapi.json", include_in_schema=False)
-    def openapi() -> dict[str, Any]:
-        return app.openapi()
-
-    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
-    def docs() -> HTMLResponse:
-        from fastapi.openapi.docs import get_swagger_ui_html
-
-        # relative: the app is mounted under a prefix (/resource-router) the app does not know
-        return get_swagger_ui_html(openapi_url="openapi.json", title="Resource router API")
+    app = guarded_app("Resource router", "Where heavy tasks can run now, and why.", dependencies)
 
     def router() -> ResourceRouter:
         try:
