@@ -57,7 +57,7 @@ class RouterProcess:
 def write_config(state_dir: Path, config: dict[str, Any]) -> None:
     """caddy.json, atomically: what the holder starts Caddy with, now and after any restart."""
     path = Path(state_dir) / CONFIG_FILE
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the holder writes caddy.pid beside it
     tmp.write_text(json.dumps(config, indent=2))
     tmp.replace(path)
 

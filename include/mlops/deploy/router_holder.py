@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -63,6 +64,13 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    # a temporary name of this writer's own: the deploy target writes caddy.json beside it meanwhile
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _event(path: Path | None, kind: str, **fields: object) -> None:
     if path is None:
         return
@@ -88,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"router holder: cannot bind 127.0.0.1:{a.port}: {exc}", file=sys.stderr, flush=True)
         return 2
     fds = (http.fileno(), admin.fileno())
-    tmp = a.ports_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"http_port": http.getsockname()[1], "admin_port": admin.getsockname()[1]}))
-    tmp.replace(a.ports_file)
+    _write_atomic(a.ports_file, json.dumps({"http_port": http.getsockname()[1], "admin_port": admin.getsockname()[1]}))
     run_path = a.config.with_name("caddy.run.json")
 
     stopping = False
@@ -115,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         if stopping:  # SIGTERM came between the loop's check and the start
             child.send_signal(signal.SIGTERM)
-        tmp = a.pid_file.with_suffix(".tmp")
-        tmp.write_text(str(child.pid))
-        tmp.replace(a.pid_file)
+        _write_atomic(a.pid_file, str(child.pid))
         rc = child.wait()
         if stopping:
             break
