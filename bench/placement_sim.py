@@ -1,7 +1,8 @@
 """The placement bench's cluster, workload and dynamic simulation (bench/bench_placement.py runs them).
 
-The simulation: tasks arrive, wait in a queue, and the first `window` of them (FIFO with a small
-backfill window) are offered to the policy at every event. A placement binds after a delay
+The simulation: tasks arrive, wait in a queue, and the first `window` of them in FIFO order (by
+default all: Airflow reschedules every waiting task, kube-scheduler retries every pending pod) are
+offered to the policy at every event. A placement binds after a delay
 (pod bind + image pull); the pod lands only if the node really has room then, otherwise the task
 goes back to the head of the queue. The router reserves what it placed until the bind (its
 book); the baselines see only bound pods, like kube-scheduler plugins without an assume cache.
@@ -42,6 +43,7 @@ class RouterVariant:
     config: RouterConfig = DEFAULT_CONFIG
     reserve: bool = True  # hold placed-but-unbound devices in the book until the bind
     order: str = "fifo"  # queue order offered to the router: fifo, small-first, sjf (oracle durations)
+    window: int | None = None  # backfill window (None: the simulation's, as for the baselines)
 
 
 VARIANTS: dict[str, RouterVariant] = {
@@ -241,6 +243,7 @@ def simulate(
     seed: int = 0,
     window: int = 8,
 ) -> dict[str, float]:
+    # window: waiting tasks offered per event in FIFO order (0: all of them)
     """Run one policy over the arrivals; JCT, queueing, type violations and idle-while-waiting."""
     variant = VARIANTS.get(policy, RouterVariant())
     router = policy.startswith("router")
@@ -289,7 +292,8 @@ def simulate(
             offered = sorted(queue, key=lambda j: (tasks[j].gpu_demand_milli, arrivals[j]))
         elif router and variant.order == "sjf":  # shortest expected GPU-time first (oracle durations)
             offered = sorted(queue, key=lambda j: (tasks[j].gpu_demand_milli * durations[j], arrivals[j]))
-        for j in list(offered[:window]):
+        w = (variant.window or window if router else window) or len(offered)  # 0: every waiting task
+        for j in list(offered[:w]):
             ch = choose(policy, seen, tasks[j], pr, variant.config)
             if ch is None:
                 continue

@@ -52,7 +52,7 @@ def test_idle_while_waiting_counts_only_the_time_a_task_beyond_the_window_could_
     arrivals = [0.0, 1, 2, 3, 4, 5, 6, 7, 8, 20]
     durations = [100.0] + [10.0] * 8 + [50.0]
     binds = [10.0] * 10
-    m = simulate("router", c, tasks, arrivals, durations, binds)
+    m = simulate("router", c, tasks, arrivals, durations, binds, window=8)
     assert m["idle_while_waiting_min"] * 60 == 90.0
     assert m["type_violations"] == 0
     # t0 ends at 110, t_k (k=1..8) at 130 + 20 (k-1), t9 at 330: JCTs sum to 110 + 1564 + 310
