@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.deploy.factory import serving_target
+from include.mlops.deploy.target import describe_owner
 from include.mlops.errors import BackendNotReady, CanaryFailed, DeployError, InvalidReleaseParams, ServingBusy
 from include.mlops.release_params import ReleaseParams
 from include.mlops.settings.project import ProjectSettings
@@ -83,10 +84,6 @@ def _lost_state_file(target: DeployTarget) -> Path | None:
     return Path(path) if path is not None and not Path(path).exists() else None
 
 
-def _describe(owner: dict[str, Any] | None) -> str:
-    return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}" if owner else "(owner not recorded)"
-
-
 def plan_release(
     settings: ProjectSettings,
     raw_params: dict[str, Any],
@@ -116,7 +113,8 @@ def plan_release(
     state = target.status()
     if state.canary is not None and target.canary_owner() != owner:
         raise ServingBusy(
-            f"{params.model_name} v{ref.version} cannot be released now: release {_describe(target.canary_owner())} "
+            f"{params.model_name} v{ref.version} cannot be released now: "
+            f"release {describe_owner(target.canary_owner())} "
             f"is in progress with canary v{state.canary.version} at {state.canary_weight_pct} %; wait for it, "
             "or run the rollback DAG to remove its canary"
         )
@@ -397,7 +395,7 @@ def promote(settings: ProjectSettings, plan: dict[str, Any], log: Log = print) -
         holder = target.canary_owner()
         if state.canary.version != plan["version"] or (plan.get("owner") and holder not in (None, plan["owner"])):
             raise ServingBusy(
-                f"the canary is v{state.canary.version} of release {_describe(holder)}, not this release's "
+                f"the canary is v{state.canary.version} of release {describe_owner(holder)}, not this release's "
                 f"v{plan['version']}: not promoting it"
             )
         target.set_record(PENDING_ALIAS, pending)
@@ -430,8 +428,8 @@ def rollback_release(settings: ProjectSettings, plan: dict[str, Any], log: Log =
         log(f"rolled back: canary v{state.canary.version} removed, stable v{stable} at 100 %")
     else:
         log(
-            f"canary v{state.canary.version} belongs to release {_describe(target.canary_owner())}, not this one "
-            f"({_describe(plan.get('owner'))}): left running"
+            f"canary v{state.canary.version} belongs to release {describe_owner(target.canary_owner())}, not this one "
+            f"({describe_owner(plan.get('owner'))}): left running"
         )
     return {"stable": stable}
 
@@ -466,9 +464,10 @@ def rollback_to_version(
     if state.canary is not None:
         holder = target.canary_owner()
         target.rollback(
-            f"manual rollback to v{ref.version} by {_describe(run)}: operator override of release {_describe(holder)}"
+            f"manual rollback to v{ref.version} by {describe_owner(run)}: "
+            f"operator override of release {describe_owner(holder)}"
         )
-        log(f"removed canary v{state.canary.version} of release {_describe(holder)} (operator override)")
+        log(f"removed canary v{state.canary.version} of release {describe_owner(holder)} (operator override)")
     target.set_record(PENDING_ALIAS, None)  # the operator decides what is champion now
     stable_alive = state.stable is not None and target.backend_alive(state.stable)
     if stable_alive and state.stable is not None and state.stable.version == ref.version:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from include.mlops.deploy import k8s_api
 from include.mlops.deploy import k8s_manifests as km
 from include.mlops.deploy.k8s_api import KubernetesServingConfig
-from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
-from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
+from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState, refuse_foreign_canary
+from include.mlops.errors import BackendNotReady, DeployError
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -249,12 +249,9 @@ class KubernetesTarget:
     def _check_canary_owner(self, canary: dict[str, Any], model: ModelRef, owner: dict[str, Any] | None) -> None:
         a = self._ann(canary)
         holder = json.loads(a.get(f"{A}/owner", "null"))
-        if a.get(f"{A}/version") != str(model.version) or (owner is not None and holder not in (None, owner)):
-            raise ServingBusy(
-                f"release {_describe(holder)} is in progress with canary v{a.get(f'{A}/version')} "
-                f"(deployment {self.scope.name('canary')}); it must promote or roll back (or run the "
-                f"rollback DAG) before version {model.version} can start"
-            )
+        refuse_foreign_canary(
+            a.get(f"{A}/version"), holder, model, owner=owner, where=f"deployment {self.scope.name('canary')}"
+        )
 
     def set_canary_weight(self, pct: int) -> None:
         if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
@@ -375,7 +372,3 @@ class KubernetesTarget:
         for track in ("canary", "stable"):
             self._delete_track(track)
         self.api.delete("NetworkPolicy", self.scope.route_name)
-
-
-def _describe(owner: dict[str, Any] | None) -> str:
-    return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}" if owner else "(owner not recorded)"

@@ -16,8 +16,8 @@ from typing import Any
 
 from include.mlops.deploy import caddy, model_server, router
 from include.mlops.deploy.process import log_tail, pid_alive, stop_process_group
-from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
-from include.mlops.errors import DeployError, ServingBusy
+from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState, refuse_foreign_canary
+from include.mlops.errors import DeployError
 
 
 class LocalProcessTarget:
@@ -132,13 +132,9 @@ class LocalProcessTarget:
             self._ensure_router(st)
             canary = Backend.from_dict(st.get("canary"))
             if canary is not None:
-                holder = st.get("canary_owner")
-                if canary.version != model.version or (owner is not None and holder not in (None, owner)):
-                    raise ServingBusy(
-                        f"release {_describe_owner(holder)} is in progress with canary {canary.name} "
-                        f"v{canary.version} in {self.state_path}; it must promote or roll back (or run the "
-                        f"rollback DAG) before version {model.version} can start"
-                    )
+                refuse_foreign_canary(
+                    canary.version, st.get("canary_owner"), model, owner=owner, where=str(self.state_path)
+                )
                 if self._backend_alive(canary):
                     return canary
                 # same version but dead: take it out of the route, then start again
@@ -377,9 +373,3 @@ class LocalProcessTarget:
             st["retired"].remove(raw)
             self._write(st)
             self._event("stopped", version=b.version, pid=b.pid)
-
-
-def _describe_owner(owner: dict[str, Any] | None) -> str:
-    if not owner:
-        return "(owner not recorded)"
-    return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}"

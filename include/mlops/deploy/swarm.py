@@ -29,8 +29,8 @@ from include.mlops.deploy.swarm_routing import (
     proxy_handler,
     router_config,
 )
-from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState
-from include.mlops.errors import BackendNotReady, DeployError, ServingBusy
+from include.mlops.deploy.target import Backend, ModelRef, ServingHealth, ServingState, refuse_foreign_canary
+from include.mlops.errors import BackendNotReady, DeployError
 
 if TYPE_CHECKING:
     from docker.client import DockerClient
@@ -158,12 +158,9 @@ class SwarmTarget:
             if canary is not None:
                 lb = sv.labels_of(canary)
                 holder = json.loads(lb.get(f"{L}.owner", "null"))
-                if lb.get(f"{L}.version") != str(model.version) or (owner is not None and holder not in (None, owner)):
-                    raise ServingBusy(
-                        f"release {_describe(holder)} is in progress with canary v{lb.get(f'{L}.version')} "
-                        f"(service {canary.name}); it must promote or roll back (or run the rollback DAG) "
-                        f"before version {model.version} can start"
-                    )
+                refuse_foreign_canary(
+                    lb.get(f"{L}.version"), holder, model, owner=owner, where=f"service {canary.name}"
+                )
                 if sv.running_replicas(canary, self.network):
                     backend = self._backend(canary)
                     assert backend is not None
@@ -463,7 +460,3 @@ class SwarmTarget:
             return
         router.write_config(self.state_dir, router_config(held.http_port, held.admin_port, split))
         patch_handler(held.admin_port, proxy_handler(split))
-
-
-def _describe(owner: dict[str, Any] | None) -> str:
-    return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}" if owner else "(owner not recorded)"

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from include.mlops.errors import ServingBusy
+
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -124,3 +126,24 @@ class DeployTarget(Protocol):
         ...
 
     def stop_all(self) -> None: ...
+
+
+def describe_owner(owner: dict[str, Any] | None) -> str:
+    """The release that owns a canary, as people read it: dag_id/run_id."""
+    return f"{owner.get('dag_id', '?')}/{owner.get('run_id', '?')}" if owner else "(owner not recorded)"
+
+
+def refuse_foreign_canary(
+    held_version: str | None,
+    holder: dict[str, Any] | None,
+    model: ModelRef,
+    *,
+    owner: dict[str, Any] | None,
+    where: str,
+) -> None:
+    """ServingBusy if the canary in place is another version, or another release's (the rule of every target)."""
+    if held_version != str(model.version) or (owner is not None and holder not in (None, owner)):
+        raise ServingBusy(
+            f"release {describe_owner(holder)} is in progress with canary v{held_version} ({where}); it must "
+            f"promote or roll back (or run the rollback DAG) before version {model.version} can start"
+        )
