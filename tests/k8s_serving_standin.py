@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from tests.k8s_standin import write_kubeconfig
 
 NAMESPACE = "mlops-serving"
 RESOURCES = {
@@ -159,21 +160,7 @@ def serving_standin(workdir: Path, namespace: str = NAMESPACE) -> Iterator[Simpl
     thread.start()
     if not ready.wait(15):
         raise RuntimeError("kmock did not start within 15 s")
-    kubeconfig = workdir / "kubeconfig.yaml"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "standin", "cluster": {"server": state["url"]}}],
-                "users": [{"name": "release", "user": {"token": "test-token"}}],
-                "contexts": [
-                    {"name": "standin", "context": {"cluster": "standin", "user": "release", "namespace": namespace}}
-                ],
-                "current-context": "standin",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(workdir, state["url"], namespace, user="release")
     try:
         yield SimpleNamespace(
             url=state["url"],

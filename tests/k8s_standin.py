@@ -151,21 +151,7 @@ def kubernetes_standin(workdir: Path, namespace: str = NAMESPACE) -> Iterator[Si
     thread.start()
     if not ready.wait(15):
         raise RuntimeError("kmock did not start within 15 s")
-    kubeconfig = workdir / "kubeconfig.yaml"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "standin", "cluster": {"server": state["url"]}}],
-                "users": [{"name": "airflow", "user": {"token": "test-token"}}],
-                "contexts": [
-                    {"name": "standin", "context": {"cluster": "standin", "user": "airflow", "namespace": namespace}}
-                ],
-                "current-context": "standin",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(workdir, state["url"], namespace, user="airflow")
     conn = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig), "namespace": namespace}}
     kubelet = Kubelet(state["url"], training_python(), namespace)
     kubelet_box["k"] = kubelet
@@ -178,6 +164,26 @@ def kubernetes_standin(workdir: Path, namespace: str = NAMESPACE) -> Iterator[Si
         kubelet.stop()
         state["loop"].call_soon_threadsafe(state["stop"].set)
         thread.join(10)
+
+
+def write_kubeconfig(workdir: Path, server: str, namespace: str, *, user: str) -> Path:
+    """A kubeconfig whose current context is the stand-in at `server`, in `namespace`."""
+    kubeconfig = workdir / "kubeconfig.yaml"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "standin", "cluster": {"server": server}}],
+                "users": [{"name": user, "user": {"token": "test-token"}}],
+                "contexts": [
+                    {"name": "standin", "context": {"cluster": "standin", "user": user, "namespace": namespace}}
+                ],
+                "current-context": "standin",
+            }
+        )
+    )
+    return kubeconfig
 
 
 def live_pods(standin: SimpleNamespace) -> list[Any]:
